@@ -1,0 +1,18 @@
+"""Preference-optimisation methods: one file per paper, each registering a pure loss function.
+
+Importing this package imports every module in it, so a new method file registers itself:
+there is no central list to edit.
+"""
+import importlib
+import pkgutil
+
+from preftune.methods.registry import (CheckResult, MethodSpec, all_methods, get, register,
+                                       tabular_check, taxonomy)
+from preftune.methods.objective import Objective, build_objective
+
+for _module in pkgutil.iter_modules(__path__):
+    if _module.name not in ("registry", "objective", "common"):
+        importlib.import_module(f"{__name__}.{_module.name}")
+
+__all__ = ["CheckResult", "MethodSpec", "Objective", "all_methods", "build_objective", "get",
+           "register", "tabular_check", "taxonomy"]

@@ -1,0 +1,98 @@
+"""Weighted combinations of registered methods, e.g. `dpo + 0.2*sft`, as one callable."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from torch import Tensor
+
+from preftune.methods.registry import MethodSpec, get
+from preftune.records import Logps, MethodOutput
+
+
+@dataclass
+class Term:
+    spec: MethodSpec
+    weight: float = 1.0
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+class Objective:
+    """The training objective: sum_i weight_i * method_i(...), per example.
+
+    It tells the trainer what to compute (reference log-probs, per-token log-probs, data
+    extras) as the union of what its terms declared.
+    """
+
+    def __init__(self, terms: list[Term]):
+        if not terms:
+            raise ValueError("the objective needs at least one method")
+        kinds = {t.spec.input_kind for t in terms} - {"any"}
+        if len(kinds) > 1:
+            raise ValueError("cannot combine methods that take different data kinds: " +
+                             ", ".join(f"{t.spec.name} ({t.spec.input_kind})" for t in terms))
+        self.terms = terms
+        self.input_kind = kinds.pop() if kinds else "pairwise"
+        self.needs_reference = any(t.spec.needs_reference for t in terms)
+        self.needs_token_logps = any(t.spec.needs_token_logps for t in terms)
+        self.extras = tuple(sorted({e for t in terms for e in t.spec.extras}))
+
+    @property
+    def names(self) -> list[str]:
+        return [t.spec.name for t in self.terms]
+
+    def describe(self) -> str:
+        return " + ".join((f"{t.weight:g}*" if t.weight != 1 else "") + t.spec.name +
+                          (f"({', '.join(f'{k}={v}' for k, v in t.params.items())})" if t.params else "")
+                          for t in self.terms)
+
+    def __call__(self, policy: Logps, reference: Logps | None,
+                 extras: Mapping[str, Tensor] | None = None) -> MethodOutput:
+        extras = extras or {}
+        missing = [e for e in self.extras if e not in extras]
+        if missing:
+            raise ValueError(f"objective {self.describe()} needs data columns {missing}, "
+                             f"the batch has {sorted(extras)}")
+        if self.needs_reference and reference is None:
+            raise ValueError(f"objective {self.describe()} needs reference log-probs")
+        total, rewards, metrics = None, None, {}
+        for term in self.terms:
+            args = (policy, reference) if term.spec.needs_reference else (policy,)
+            out = term.spec.fn(*args, **{e: extras[e] for e in term.spec.extras}, **term.params)
+            weighted = term.weight * out.loss
+            total = weighted if total is None else total + weighted
+            rewards = out.rewards if rewards is None else rewards
+            prefix = f"{term.spec.name}/" if len(self.terms) > 1 else ""
+            if len(self.terms) > 1:
+                metrics[f"{prefix}loss"] = out.loss.detach()
+            metrics.update({prefix + k: v for k, v in out.metrics.items()})
+        return MethodOutput(loss=total, rewards=rewards, metrics=metrics)
+
+
+_TERM = re.compile(r"^\s*(?:(?P<weight>[0-9.eE+-]+)\s*\*\s*)?(?P<name>[A-Za-z_][A-Za-z0-9_]*)\s*$")
+
+
+def build_objective(loss: str | Mapping[str, Mapping[str, Any] | None]) -> Objective:
+    """Build an objective from a config value.
+
+    Either a string such as "dpo + 0.2*sft", or a mapping from method name to its
+    hyperparameters, where the optional key `weight` sets the term's weight:
+    {"dpo": {"beta": 0.1}, "sft": {"weight": 0.2}}.
+    """
+    if isinstance(loss, str):
+        terms = []
+        for part in loss.split("+"):
+            match = _TERM.match(part)
+            if not match:
+                raise ValueError(f"cannot parse loss term {part!r} in {loss!r}; write e.g. 'dpo + 0.2*sft'")
+            terms.append(Term(get(match["name"]), float(match["weight"] or 1.0)))
+        return Objective(terms)
+    terms = []
+    for name, params in loss.items():
+        params = dict(params or {})
+        weight = float(params.pop("weight", 1.0))
+        spec = get(name)
+        spec.validate_params(params)
+        terms.append(Term(spec, weight, params))
+    return Objective(terms)

@@ -1,0 +1,166 @@
+"""The method registry: what the trainer, `preftune methods` and `preftune verify` know of a method.
+
+A method is a pure function `fn(policy, [reference], *, <data extras>, <hyperparameters>)`
+returning a `MethodOutput`. `register` records the facts the trainer needs (does it need a
+reference model, per-token log-probs, which data columns), the catalogue seed it implements,
+the survey taxonomy tags, and its status. Hyperparameters are the keyword-only arguments with
+defaults, so the signature is the single source of truth for names and defaults.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+INPUT_KINDS = ("pairwise", "pointwise", "listwise", "any")
+STATUSES = ("stable", "experimental")
+# The four axes of "A Survey of DPO" (Liu et al. 2025, offline.md §18).
+TAXONOMY_AXES = ("data_strategy", "learning_framework", "constraint_mechanism", "model_property")
+
+
+@dataclass
+class CheckResult:
+    """One line of `preftune verify`: a property of a method measured in the tabular engine."""
+
+    method: str
+    property: str
+    expected: float
+    measured: float
+    tolerance: float
+    passed: bool | None = None  # None: computed from the error and the tolerance
+
+    def __post_init__(self) -> None:
+        if self.passed is None:
+            self.passed = bool(abs(self.measured - self.expected) <= self.tolerance)
+
+    @property
+    def error(self) -> float:
+        return abs(self.measured - self.expected)
+
+
+@dataclass
+class MethodSpec:
+    name: str
+    fn: Callable
+    seed: str | None
+    family: str
+    input_kind: str
+    needs_reference: bool
+    needs_token_logps: bool
+    extras: tuple[str, ...]
+    taxonomy: dict[str, list[str]]
+    status: str
+    paper: str
+    reconstructed: str | None = None
+    no_check_reason: str | None = None
+    check: Callable[[], list[CheckResult]] | None = field(default=None, repr=False)
+
+    @property
+    def hyperparameters(self) -> dict[str, Any]:
+        """Keyword-only arguments with defaults: the method's tunable knobs and their defaults."""
+        return {p.name: p.default for p in inspect.signature(self.fn).parameters.values()
+                if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is not inspect.Parameter.empty}
+
+    @property
+    def summary(self) -> str:
+        doc = inspect.getdoc(self.fn) or ""
+        return doc.splitlines()[0] if doc else ""
+
+    def validate_params(self, params: dict[str, Any]) -> None:
+        unknown = sorted(set(params) - set(self.hyperparameters))
+        if unknown:
+            valid = ", ".join(f"{k}={v!r}" for k, v in self.hyperparameters.items()) or "(none)"
+            raise ValueError(f"method '{self.name}' has no hyperparameter {', '.join(map(repr, unknown))}; "
+                             f"valid hyperparameters: {valid}")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "seed": self.seed,
+            "family": self.family,
+            "input_kind": self.input_kind,
+            "needs_reference": self.needs_reference,
+            "needs_token_logps": self.needs_token_logps,
+            "extras": list(self.extras),
+            "hyperparameters": {k: _jsonable(v) for k, v in self.hyperparameters.items()},
+            "taxonomy": self.taxonomy,
+            "status": self.status,
+            "paper": self.paper,
+            "reconstructed": self.reconstructed,
+            "tabular_check": "yes" if self.check else f"none: {self.no_check_reason}",
+            "summary": self.summary,
+        }
+
+
+def _jsonable(value: Any) -> Any:
+    return value if isinstance(value, (int, float, str, bool, type(None), list, dict)) else repr(value)
+
+
+_REGISTRY: dict[str, MethodSpec] = {}
+
+
+def register(*, name: str, seed: str | None, family: str, input_kind: str, needs_reference: bool,
+             taxonomy: dict[str, list[str]], paper: str, status: str = "experimental",
+             needs_token_logps: bool = False, extras: tuple[str, ...] = (),
+             reconstructed: str | None = None, no_check_reason: str | None = None):
+    """Decorator that adds a method function to the registry (see the module docstring)."""
+
+    def decorate(fn: Callable) -> Callable:
+        if name in _REGISTRY:
+            raise ValueError(f"method '{name}' is registered twice")
+        if input_kind not in INPUT_KINDS:
+            raise ValueError(f"method '{name}': input_kind must be one of {INPUT_KINDS}")
+        if status not in STATUSES:
+            raise ValueError(f"method '{name}': status must be one of {STATUSES}")
+        if set(taxonomy) != set(TAXONOMY_AXES):
+            raise ValueError(f"method '{name}': taxonomy must have exactly the axes {TAXONOMY_AXES}")
+        params = inspect.signature(fn).parameters.values()
+        positional = [p.name for p in params if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
+        expected = ["policy", "reference"] if needs_reference else ["policy"]
+        if positional != expected:
+            raise TypeError(f"method '{name}' must take positional arguments {expected}, got {positional}")
+        required = {p.name for p in params
+                    if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is inspect.Parameter.empty}
+        if required != set(extras):
+            raise TypeError(f"method '{name}': keyword-only arguments without defaults {sorted(required)} "
+                            f"must be exactly the declared extras {sorted(extras)}")
+        _REGISTRY[name] = MethodSpec(
+            name=name, fn=fn, seed=seed, family=family, input_kind=input_kind,
+            needs_reference=needs_reference, needs_token_logps=needs_token_logps, extras=tuple(extras),
+            taxonomy=taxonomy, status=status, paper=paper, reconstructed=reconstructed,
+            no_check_reason=no_check_reason)
+        return fn
+
+    return decorate
+
+
+def tabular_check(name: str):
+    """Decorator for a method's exact tabular check, written beside the method in its file.
+
+    The check takes no arguments and returns a list of CheckResult; `preftune verify` runs it.
+    """
+
+    def decorate(check: Callable[[], list[CheckResult]]) -> Callable[[], list[CheckResult]]:
+        spec = get(name)
+        if spec.check is not None:
+            raise ValueError(f"method '{name}' already has a tabular check")
+        spec.check = check
+        return check
+
+    return decorate
+
+
+def get(name: str) -> MethodSpec:
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown method '{name}'; registered methods: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
+
+
+def all_methods() -> list[MethodSpec]:
+    return [_REGISTRY[k] for k in sorted(_REGISTRY)]
+
+
+def taxonomy(data_strategy=(), learning_framework=(), constraint_mechanism=(), model_property=()):
+    """Build the survey-taxonomy tag dict; each argument is a list of short tags."""
+    return {"data_strategy": list(data_strategy), "learning_framework": list(learning_framework),
+            "constraint_mechanism": list(constraint_mechanism), "model_property": list(model_property)}

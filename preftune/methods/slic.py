@@ -1,0 +1,47 @@
+"""SLiC-HF: sequence likelihood calibration with human feedback (Zhao et al. 2023, arXiv 2305.10425).
+
+Two forms: `hinge`, the DPO-library form on the implicit reward, and `slic`, the paper's
+reference-free calibration loss with its regulariser.
+"""
+from __future__ import annotations
+
+import torch
+
+from preftune.methods.common import log_ratios, response_nll
+from preftune.methods.registry import register, taxonomy
+from preftune.records import Logps, MethodOutput, pairwise_metrics
+
+_PAPER = "Zhao et al. 2023, SLiC-HF: Sequence Likelihood Calibration with Human Feedback, arXiv 2305.10425"
+
+
+@register(
+    name="hinge", seed=None, family="offline-pairwise", input_kind="pairwise", needs_reference=True,
+    status="stable", paper=_PAPER,
+    taxonomy=taxonomy(["pairwise"], ["offline"], ["fixed-reference", "margin"]),
+)
+def hinge(policy: Logps, reference: Logps, *, beta: float = 0.1, margin: float = 1.0) -> MethodOutput:
+    """Hinge loss on the implicit-reward margin: L = max(0, margin - h), h = beta*(Delta_w - Delta_l).
+
+    The gradient is exactly zero once the margin is met (h >= margin). margin = 1 is the
+    usual DPO-library form.
+    """
+    rewards = beta * log_ratios(policy, reference)
+    h = rewards[:, 0] - rewards[:, 1]
+    return MethodOutput(torch.relu(margin - h), rewards, pairwise_metrics(rewards[:, 0], rewards[:, 1]))
+
+
+@register(
+    name="slic", seed=None, family="offline-pairwise", input_kind="pairwise", needs_reference=False,
+    status="stable", paper=_PAPER,
+    taxonomy=taxonomy(["pairwise"], ["offline"], ["reference-free", "margin"]),
+)
+def slic(policy: Logps, *, margin: float = 1.0, reg_weight: float = 0.0) -> MethodOutput:
+    """The paper's reference-free calibration loss: max(0, delta - [lp(y_w) - lp(y_l)]) + lambda * NLL(y_w).
+
+    margin (delta): about 1 in the paper. reg_weight (lambda): weight of the token-mean NLL of
+    the chosen response, the paper's regulariser towards the SFT target (0 disables it).
+    """
+    gap = policy.chosen - policy.rejected
+    loss = torch.relu(margin - gap) + reg_weight * response_nll(policy, 0)
+    rewards = policy.sum
+    return MethodOutput(loss, rewards, pairwise_metrics(rewards[:, 0], rewards[:, 1]))
