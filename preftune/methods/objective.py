@@ -33,7 +33,7 @@ class Objective:
             raise ValueError("cannot combine methods that take different data kinds: " +
                              ", ".join(f"{t.spec.name} ({t.spec.input_kind})" for t in terms))
         self.terms = terms
-        self.input_kind = kinds.pop() if kinds else "pairwise"
+        self.input_kind = kinds.pop() if kinds else "any"
         self.needs_reference = any(t.spec.needs_reference for t in terms)
         self.needs_token_logps = any(t.spec.needs_token_logps for t in terms)
         self.extras = tuple(sorted({e for t in terms for e in t.spec.extras}))

@@ -1,0 +1,242 @@
+"""Typed run configuration: YAML recipes in configs/ plus `--section.key=value` overrides.
+
+Every key is declared below with its type and default; an unknown key or a value of the wrong
+type is an error that names the key and lists the valid ones. The `loss` section is the one
+free-form mapping (method name -> hyperparameters); its keys are checked against the method
+signatures when the objective is built.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = False
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: Union[str, list[str]] = "all-linear"
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = "builtin:tiny"   # a local directory, a hub id, or builtin:tiny
+    dtype: str = "float32"               # weights: float32 or bfloat16
+    lora: LoraConfig = field(default_factory=LoraConfig)
+
+
+@dataclass
+class TaskDataConfig:
+    """How rows are made when data.source is `task:<name>` (a built-in task)."""
+
+    options: dict = field(default_factory=dict)   # task constructor options, e.g. {max_operand: 50}
+    demonstrations: int = 20000          # SFT rows (data kind sft)
+    noise: float = 0.0                   # fraction of SFT rows with a wrong answer
+    prompts: int | None = None           # train prompts sampled for pairs (None: all)
+    samples_per_prompt: int = 4          # on-policy samples per prompt, labelled by the gold oracle
+    temperature: float = 1.0
+    max_new_tokens: int = 16
+    pairing: str = "best-worst"          # best-worst | all
+
+
+@dataclass
+class DataConfig:
+    source: str = ""                     # a file, a datasets dir, hf:owner/name, or task:<name> (built-in)
+    split: str = "train"
+    eval_source: str | None = None       # held-out preference data for eval loss/accuracy
+    eval_fraction: float = 0.0           # or hold out this fraction of `source`
+    kind: str = "auto"                   # auto | pairwise | pointwise | sft | listwise
+    format: str = "auto"                 # auto | text | chat | hh (HH-RLHF dialogue strings -> chat messages)
+    on_bad_row: str = "error"            # error | skip (skipped rows are counted in the summary)
+    max_length: int = 512
+    max_prompt_length: int = 256
+    truncation: str = "truncate"         # truncate | drop | error (counted in the summary)
+    limit: int | None = None             # use at most this many rows
+    task: TaskDataConfig = field(default_factory=TaskDataConfig)
+
+
+@dataclass
+class TrainConfig:
+    steps: int | None = None             # optimizer steps; None: `epochs` over the data
+    epochs: float = 1.0
+    batch_size: int = 8                  # examples per process per micro-step
+    grad_accum: int = 1                  # micro-steps per optimizer step
+    lr: float = 5e-7
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.1
+    schedule: str = "linear"             # linear | cosine | constant (after warmup)
+    max_grad_norm: float = 1.0           # 0 disables clipping
+    mixed_precision: str = "no"          # no | bf16
+    seed: int = 0
+    log_every: int = 1
+    checkpoint_every: int = 0            # 0: only the final model
+    keep_checkpoints: int = 2
+    eval_every: int = 0                  # 0: evaluate held-out data only at the end (if any)
+    progress: bool = True
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    output_dir: str = "runs/{name}"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    reference: str = "auto"              # auto | model | lora-disabled | none | a path or hub id
+    loss: Union[str, dict] = "dpo"       # "dpo + 0.2*sft" or {dpo: {beta: 0.1}, sft: {weight: 0.2}}
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir.format(name=self.name))
+
+
+# --------------------------------------------------------------------------- typed conversion
+
+def _type_name(hint: Any) -> str:
+    if hint is type(None):
+        return "null"
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(hint))
+    if origin is list:
+        return f"list of {_type_name(typing.get_args(hint)[0])}"
+    if origin is dict or hint is dict:
+        return "mapping"
+    return getattr(hint, "__name__", str(hint))
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Check `value` against the type `hint`; ints are accepted where floats are expected."""
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        for option in typing.get_args(hint):
+            try:
+                return _coerce(value, option, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key} must be {_type_name(hint)}, got {value!r} ({type(value).__name__})")
+    if hint is type(None):
+        if value is None:
+            return None
+    elif dataclasses.is_dataclass(hint):
+        if isinstance(value, dict):
+            return from_dict(hint, value, key)
+    elif origin is list:
+        if isinstance(value, list):
+            return [_coerce(v, typing.get_args(hint)[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    elif hint is dict or origin is dict:
+        if isinstance(value, dict):
+            return value
+    elif hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    raise ConfigError(f"{key} must be {_type_name(hint)}, got {value!r} ({type(value).__name__})")
+
+
+def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
+    """Build the dataclass `cls` from a mapping, checking keys and types."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        where = f" under '{prefix}'" if prefix else ""
+        raise ConfigError(f"unknown key '{_join(prefix, unknown[0])}'; valid keys{where}: {', '.join(names)}")
+    kwargs = {k: _coerce(v, hints[k], _join(prefix, k)) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def _join(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if prefix else key
+
+
+def to_dict(config: Any) -> dict:
+    return dataclasses.asdict(config)
+
+
+# --------------------------------------------------------------------------- overrides
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`--train.lr=1e-4` -> (["train", "lr"], 1e-4); the value is read as YAML (numbers, bools, lists)."""
+    body = text[2:] if text.startswith("--") else text
+    if "=" not in body:
+        raise ConfigError(f"override {text!r} must look like --section.key=value")
+    key, raw = body.split("=", 1)
+    value = yaml.safe_load(raw) if raw != "" else ""
+    # YAML reads 1e-4 as a string (it wants 1.0e-4); accept the usual float spellings.
+    if isinstance(value, str):
+        try:
+            value = float(value) if any(c in value for c in ".eE") and value.strip() else value
+        except ValueError:
+            pass
+    return key.split("."), value
+
+
+def apply_override(data: dict, path: list[str], value: Any) -> None:
+    node = data
+    for part in path[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {} if child is None or not isinstance(child, str) else _loss_string_to_dict(child)
+            node[part] = child
+        node = child
+    node[path[-1]] = value
+
+
+def _loss_string_to_dict(loss: str) -> dict:
+    """Overriding `loss.dpo.beta` on a recipe that wrote `loss: dpo` needs the mapping form."""
+    from preftune.methods.objective import build_objective
+
+    objective = build_objective(loss)
+    return {t.spec.name: ({"weight": t.weight} if t.weight != 1 else {}) for t in objective.terms}
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                base: dict | None = None) -> RunConfig:
+    """Read a YAML recipe (or start from `base`/defaults) and apply `--key=value` overrides."""
+    data: dict = dict(base or {})
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise ConfigError(f"config file {path} does not exist")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: a recipe must be a YAML mapping")
+        data.update(loaded)
+    for text in overrides or []:
+        key_path, value = parse_override(text)
+        apply_override(data, key_path, value)
+    return from_dict(RunConfig, data)
+
+
+def valid_keys(cls: type = RunConfig, prefix: str = "") -> list[str]:
+    """All dotted keys of the configuration (for --help and error messages)."""
+    keys = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        if dataclasses.is_dataclass(hint):
+            keys.extend(valid_keys(hint, _join(prefix, f.name)))
+        else:
+            keys.append(_join(prefix, f.name))
+    return keys

@@ -1,0 +1,8 @@
+"""The data layer: read and validate rows, tokenise, collate (see docs/architecture.md)."""
+from preftune.data.collate import Batch, collate
+from preftune.data.formats import (BadRow, DataError, Example, LoadReport, load_examples,
+                                   pairs_to_unpaired, read_rows, row_to_example)
+from preftune.data.tokenize import Tokenization, TokenizedExample, TruncationStats
+
+__all__ = ["BadRow", "Batch", "DataError", "Example", "LoadReport", "Tokenization", "TokenizedExample",
+           "TruncationStats", "collate", "load_examples", "pairs_to_unpaired", "read_rows", "row_to_example"]

@@ -1,0 +1,75 @@
+"""Token ids to padded tensors: K responses per example, each after its prompt, in one batch."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from preftune.data.tokenize import TokenizedExample
+
+
+@dataclass
+class Batch:
+    """B examples with K responses each, laid out as B*K rows (example-major).
+
+    input_ids, attention_mask: (B*K, T), right-padded.
+    response_mask: (B*K, T) bool, True on response tokens (the tokens whose log-prob counts).
+    extras: per-example data columns for the methods, e.g. label (B,), scores (B, K).
+    """
+
+    input_ids: Tensor
+    attention_mask: Tensor
+    response_mask: Tensor
+    num_examples: int
+    num_responses: int
+    extras: dict[str, Tensor] = field(default_factory=dict)
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.attention_mask.sum())
+
+    def to(self, device) -> "Batch":
+        return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.response_mask.to(device),
+                     self.num_examples, self.num_responses, {k: v.to(device) for k, v in self.extras.items()})
+
+
+def collate(examples: list[TokenizedExample], pad_token_id: int, pad_to_multiple_of: int = 1) -> Batch:
+    """Pad a list of tokenized examples into a Batch.
+
+    Pointwise examples (one completion with a label) get a second response: the completion of
+    the next example in the batch under this example's prompt, a mismatched pair from which
+    KTO estimates its KL reference point (Ethayarajh et al. 2024, §4.1).
+    """
+    if not examples:
+        raise ValueError("cannot collate an empty list of examples")
+    kinds = {ex.kind for ex in examples}
+    if len(kinds) > 1:
+        raise ValueError(f"a batch mixes data kinds {sorted(kinds)}")
+    kind = kinds.pop()
+    responses = [list(ex.response_ids) for ex in examples]
+    if kind == "pointwise":
+        for i, ex in enumerate(examples):
+            responses[i].append(examples[(i + 1) % len(examples)].response_ids[0])
+    k = len(responses[0])
+    if any(len(r) != k for r in responses):
+        raise ValueError("every example in a batch must have the same number of responses")
+    rows = [(ex.prompt_ids, resp) for ex, rs in zip(examples, responses) for resp in rs]
+    length = max(len(p) + len(r) for p, r in rows)
+    length = -(-length // pad_to_multiple_of) * pad_to_multiple_of
+    input_ids = torch.full((len(rows), length), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
+    response_mask = torch.zeros((len(rows), length), dtype=torch.bool)
+    for row, (prompt, response) in enumerate(rows):
+        ids = prompt + response
+        input_ids[row, :len(ids)] = torch.tensor(ids)
+        attention_mask[row, :len(ids)] = 1
+        response_mask[row, len(prompt):len(ids)] = True
+    extras: dict[str, Tensor] = {}
+    if kind == "pointwise":
+        extras["label"] = torch.tensor([bool(ex.label) for ex in examples])
+    if examples[0].scores is not None:
+        extras["scores"] = torch.tensor([ex.scores for ex in examples], dtype=torch.float32)
+    for key in examples[0].extras:
+        extras[key] = torch.tensor([ex.extras[key] for ex in examples])
+    return Batch(input_ids, attention_mask, response_mask, len(examples), k, extras)

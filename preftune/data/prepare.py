@@ -1,0 +1,59 @@
+"""From a data config to tokenized train and held-out sets that fit the objective's input kind."""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from preftune.data.formats import DataError, LoadReport, describe_source, load_examples, pairs_to_unpaired
+from preftune.data.tokenize import Tokenization, TokenizedExample
+
+
+@dataclass
+class PreparedData:
+    train: list[TokenizedExample]
+    eval: list[TokenizedExample]
+    kind: str
+    report: LoadReport
+    truncation: dict = field(default_factory=dict)
+
+    def summary(self) -> dict:
+        return {"kind": self.kind, "train_examples": len(self.train), "eval_examples": len(self.eval),
+                "load": self.report.as_dict(), "truncation": self.truncation}
+
+
+# Which data kinds each objective input kind can train on (pairs are split for pointwise methods).
+COMPATIBLE = {"pairwise": {"pairwise"}, "pointwise": {"pointwise", "pairwise"},
+              "listwise": {"listwise"}, "any": {"pairwise", "pointwise", "sft", "listwise"}}
+
+
+def prepare_data(data_cfg, tokenizer, input_kind: str, seed: int = 0, source=None) -> PreparedData:
+    """Load, validate, adapt and tokenize. `source` overrides data_cfg.source (e.g. an in-memory list)."""
+    source = data_cfg.source if source is None else source
+    if source in ("", None):
+        raise DataError("no training data: set data.source to a file, a datasets directory or hf:owner/name")
+    examples, report = load_examples(source, data_cfg.kind, data_cfg.format, data_cfg.on_bad_row,
+                                     data_cfg.split, data_cfg.limit)
+    kind = examples[0].kind
+    if kind not in COMPATIBLE[input_kind]:
+        raise DataError(f"the objective takes {input_kind} data but {describe_source(source)} holds {kind} rows")
+    if input_kind == "pointwise" and kind == "pairwise":
+        examples, kind = pairs_to_unpaired(examples), "pointwise"
+    eval_examples = []
+    if data_cfg.eval_source:
+        eval_examples, _ = load_examples(data_cfg.eval_source, data_cfg.kind, data_cfg.format,
+                                         data_cfg.on_bad_row, data_cfg.split)
+        if input_kind == "pointwise" and eval_examples[0].kind == "pairwise":
+            eval_examples = pairs_to_unpaired(eval_examples)
+    elif data_cfg.eval_fraction > 0:
+        order = list(range(len(examples)))
+        random.Random(seed).shuffle(order)
+        n_eval = max(1, int(len(examples) * data_cfg.eval_fraction))
+        held = set(order[:n_eval])
+        eval_examples = [ex for i, ex in enumerate(examples) if i in held]
+        examples = [ex for i, ex in enumerate(examples) if i not in held]
+    tokenization = Tokenization(tokenizer, data_cfg.max_length, data_cfg.max_prompt_length, data_cfg.truncation)
+    train = tokenization.many(examples)
+    held_out = tokenization.many(eval_examples)
+    if not train:
+        raise DataError(f"{describe_source(source)}: every example was dropped by truncation (max_length={data_cfg.max_length})")
+    return PreparedData(train, held_out, kind, report, tokenization.stats.as_dict())

@@ -1,0 +1,1 @@
+"""Evaluation: gold metrics on built-in tasks, win-rates, KL estimates, diagnostics."""

@@ -1,0 +1,63 @@
+"""Atomic checkpoints: model, optimizer, scheduler, RNG states (via accelerate) and the step.
+
+A checkpoint is written to `step-N.tmp` and renamed to `step-N` only when complete, so an
+interruption while saving never leaves a checkpoint that looks whole but is not.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+STATE_FILE = "trainer_state.json"
+
+
+def checkpoint_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def save_checkpoint(accelerator, run_dir: Path, step: int, state: dict, keep: int) -> Path:
+    final = checkpoint_dir(run_dir) / f"step-{step:07d}"
+    partial = final.with_name(final.name + ".tmp")
+    if accelerator.is_main_process and partial.exists():
+        shutil.rmtree(partial)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(partial))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (partial / STATE_FILE).write_text(json.dumps({**state, "step": step}, indent=1))
+        if final.exists():
+            shutil.rmtree(final)
+        partial.rename(final)
+        for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    root = checkpoint_dir(run_dir)
+    if not root.exists():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.endswith(".tmp")
+                  and (p / STATE_FILE).exists())
+
+
+def resolve_resume(run_dir: Path, resume: str | bool | None) -> Path | None:
+    """`resume=True` picks the latest complete checkpoint of the run; a path picks that one."""
+    if not resume:
+        return None
+    if resume is True or resume == "latest":
+        found = list_checkpoints(run_dir)
+        if not found:
+            raise FileNotFoundError(f"--resume: no complete checkpoint under {checkpoint_dir(run_dir)}")
+        return found[-1]
+    path = Path(resume)
+    if not (path / STATE_FILE).exists():
+        raise FileNotFoundError(f"--resume: {path} is not a complete checkpoint (no {STATE_FILE})")
+    return path
+
+
+def load_checkpoint(accelerator, path: Path) -> dict:
+    accelerator.load_state(str(path))
+    return json.loads((path / STATE_FILE).read_text())

@@ -1,0 +1,233 @@
+"""The offline training loop. Reads top to bottom: set up, then one optimizer step per iteration.
+
+One process on CPU by default; the same code runs under `accelerate launch` (DDP, FSDP,
+DeepSpeed) or `torchrun`. Each optimizer step runs `grad_accum` micro-batches per process;
+gradients are averaged over processes, so a run on W processes with batch_size b matches a
+1-process run with batch_size W*b.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import yaml
+from tqdm.auto import tqdm
+
+from preftune.config import RunConfig, to_dict
+from preftune.data.collate import collate
+from preftune.data.prepare import prepare_data
+from preftune.logps import sequence_logps
+from preftune.methods import Objective, build_objective
+from preftune.models import (LoraSettings, Reference, add_lora, load_causal_lm, load_tokenizer,
+                             make_reference)
+from preftune.train.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
+from preftune.train.metrics import MetricsLogger, StepMetrics, truncate_metrics
+from preftune.train.plan import BatchPlan
+from preftune.train.schedules import lr_multiplier
+
+
+def make_accelerator(cfg: RunConfig):
+    from accelerate import Accelerator
+
+    if cfg.train.mixed_precision not in ("no", "bf16"):
+        raise ValueError(f"train.mixed_precision must be 'no' or 'bf16', got {cfg.train.mixed_precision!r}")
+    return Accelerator(mixed_precision=cfg.train.mixed_precision,
+                       gradient_accumulation_steps=cfg.train.grad_accum)
+
+
+def train(cfg: RunConfig, resume: str | bool | None = None, data_source=None,
+          on_step_end: Callable[[int, dict], None] | None = None) -> Path:
+    """Train the policy described by `cfg`; returns the run directory.
+
+    resume: True (latest checkpoint of the run) or a checkpoint path. data_source: rows given in
+    memory instead of cfg.data.source. on_step_end(step, metrics): called after every step
+    (a KeyboardInterrupt raised there, or by Ctrl-C, saves a checkpoint before stopping).
+    """
+    from accelerate.utils import set_seed
+
+    accelerator = make_accelerator(cfg)
+    set_seed(cfg.train.seed)
+    run_dir = cfg.run_dir
+    main = accelerator.is_main_process
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+    # --- what to optimise: objective, policy, reference
+    objective = build_objective(cfg.loss)
+    tokenizer = load_tokenizer(cfg.model.name_or_path)
+    policy = load_causal_lm(cfg.model.name_or_path, cfg.model.dtype, cfg.train.seed, tokenizer)
+    policy.to(accelerator.device)
+
+    # --- on what data (a built-in task's rows are made now, from the initial policy)
+    task_stats = {}
+    if data_source is None and cfg.data.source.startswith("task:"):
+        data_source, task_stats = materialize_task_data(cfg, objective, policy, tokenizer, accelerator)
+    data = prepare_data(cfg.data, tokenizer, objective.input_kind, cfg.train.seed, data_source)
+    plan = BatchPlan(len(data.train), cfg.train.batch_size, cfg.train.grad_accum, accelerator.num_processes,
+                     cfg.train.seed, cfg.train.steps, cfg.train.epochs)
+
+    if cfg.model.lora.enabled:
+        lora = cfg.model.lora
+        policy = add_lora(policy, LoraSettings(lora.r, lora.alpha, lora.dropout, lora.target_modules))
+    reference = make_reference(cfg.reference, policy, cfg.model.name_or_path, cfg.model.dtype,
+                               objective.needs_reference, cfg.train.seed)
+    if reference.frozen is not None:
+        reference.frozen.to(accelerator.device)
+    trainable = [p for p in policy.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    warmup = int(cfg.train.warmup_ratio * plan.total_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_multiplier(s, plan.total_steps, warmup, cfg.train.schedule))
+    # The scheduler is stepped by hand once per optimizer step (accelerate would step it once per
+    # process), and registered so that checkpoints hold its state.
+    policy, optimizer = accelerator.prepare(policy, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
+
+    start_step = 0
+    checkpoint = resolve_resume(run_dir, resume)
+    if checkpoint is not None:
+        start_step = load_checkpoint(accelerator, checkpoint)["step"]
+        if main:
+            truncate_metrics(run_dir, start_step - 1)
+    elif main and (run_dir / "metrics.jsonl").exists():
+        (run_dir / "metrics.jsonl").unlink()
+
+    logger = MetricsLogger(run_dir, enabled=main)
+    bar = tqdm(total=plan.total_steps, initial=start_step, disable=not (main and cfg.train.progress),
+               desc=f"train {objective.describe()}", dynamic_ncols=True, mininterval=0.5)
+    step, last = start_step, {}
+    try:
+        for step in range(start_step, plan.total_steps):
+            started = time.perf_counter()
+            stats, tokens, grad_norm = StepMetrics(data.kind), 0, float("nan")
+            for indices in plan.micro_batches(step, accelerator.process_index):
+                batch = collate([data.train[i] for i in indices], tokenizer.pad_token_id).to(accelerator.device)
+                tokens += batch.num_tokens
+                with accelerator.accumulate(policy):
+                    out, policy_logps = compute_objective(objective, policy, reference, batch, accelerator)
+                    accelerator.backward(out.loss.mean())
+                    if accelerator.sync_gradients:
+                        grad_norm = clip_gradients(accelerator, policy, cfg.train.max_grad_norm)
+                        optimizer.step()
+                        scheduler.step()
+                        optimizer.zero_grad()
+                stats.add(out, policy_logps)
+            last = stats.reduce(accelerator)
+            last.update(grad_norm=grad_norm, lr=scheduler.get_last_lr()[0], epoch=plan.epoch_of(step + 1),
+                        tokens_per_s=tokens * accelerator.num_processes / (time.perf_counter() - started))
+            if (step + 1) % cfg.train.log_every == 0 or step + 1 == plan.total_steps:
+                logger.log(step + 1, last)
+            bar.update(1)
+            bar.set_postfix(loss=f"{last['loss']:.4f}", **({"acc": f"{last['accuracy']:.2f}"} if "accuracy" in last else {}))
+            if cfg.train.checkpoint_every and (step + 1) % cfg.train.checkpoint_every == 0:
+                save_checkpoint(accelerator, run_dir, step + 1, {"metrics": last}, cfg.train.keep_checkpoints)
+            if cfg.train.eval_every and data.eval and (step + 1) % cfg.train.eval_every == 0:
+                logger.log(step + 1, evaluate_objective(objective, policy, reference, data, tokenizer, accelerator,
+                                                        cfg.train.batch_size))
+            if on_step_end is not None:
+                on_step_end(step + 1, last)
+    except KeyboardInterrupt:
+        # Nothing is lost: the last completed step is saved, and `--resume` continues from it.
+        completed = step if step < plan.total_steps else plan.total_steps
+        optimizer.zero_grad()
+        if completed > start_step:
+            path = save_checkpoint(accelerator, run_dir, completed, {"metrics": last, "interrupted": True},
+                                   max(cfg.train.keep_checkpoints, 1))
+            if main:
+                print(f"\ninterrupted: saved {path}; continue with --resume")
+        bar.close()
+        logger.close()
+        raise
+    bar.close()
+
+    # --- held-out evaluation, final model and summary
+    final_eval = evaluate_objective(objective, policy, reference, data, tokenizer, accelerator,
+                                    cfg.train.batch_size) if data.eval else {}
+    if final_eval:
+        logger.log(plan.total_steps, final_eval)
+    logger.close()
+    save_model(accelerator, policy, tokenizer, run_dir / "model")
+    if main:
+        summary = {"objective": objective.describe(), "steps": plan.total_steps, "epochs": plan.epoch_of(plan.total_steps),
+                   "global_batch": plan.global_batch, "processes": accelerator.num_processes,
+                   "reference": reference.kind, "final_train_metrics": last, "eval": final_eval,
+                   "data": {**data.summary(), **({"task": task_stats} if task_stats else {})}, "model_dir": str(run_dir / "model")}
+        (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=1))
+    accelerator.wait_for_everyone()
+    return run_dir
+
+
+def materialize_task_data(cfg: RunConfig, objective: Objective, policy, tokenizer, accelerator):
+    """Make the rows of a `task:<name>` source on the main process and save them in the run dir.
+
+    Demonstrations when the objective is plain SFT (or data.kind is sft), otherwise on-policy
+    pairs sampled from the initial policy and labelled by the task's gold oracle.
+    """
+    from preftune.tasks import get_task
+    from preftune.tasks.data import build_task_rows, write_jsonl
+
+    task = get_task(cfg.data.source.split(":", 1)[1], **cfg.data.task.options)
+    kind = cfg.data.kind if cfg.data.kind != "auto" else ("sft" if objective.input_kind == "any" else "pairwise")
+    path = cfg.run_dir / "data" / f"{task.name}-{kind}.jsonl"
+    stats = {}
+    if accelerator.is_main_process:
+        rows, stats = build_task_rows(task, cfg.data.task, kind, accelerator.unwrap_model(policy), tokenizer,
+                                      cfg.train.seed, cfg.train.progress)
+        write_jsonl(rows, path)
+        (path.with_suffix(".stats.json")).write_text(json.dumps(stats, indent=1))
+    accelerator.wait_for_everyone()
+    if not stats:
+        stats = json.loads(path.with_suffix(".stats.json").read_text())
+    return str(path), stats
+
+
+def compute_objective(objective: Objective, policy, reference: Reference, batch, accelerator):
+    """Reference log-probs (no grad) and policy log-probs, then the method's per-example losses."""
+    reference_logps = None
+    if objective.needs_reference:
+        with torch.no_grad(), accelerator.autocast(), reference.model(accelerator.unwrap_model) as ref_model:
+            reference_logps = sequence_logps(ref_model, batch, objective.needs_token_logps)
+    policy_logps = sequence_logps(policy, batch, objective.needs_token_logps)
+    out = objective(policy_logps, reference_logps, batch.extras)
+    return out, policy_logps
+
+
+def clip_gradients(accelerator, policy, max_norm: float) -> float:
+    if max_norm and max_norm > 0:
+        return float(accelerator.clip_grad_norm_(policy.parameters(), max_norm))
+    norms = [p.grad.detach().norm() for p in policy.parameters() if p.grad is not None]
+    return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
+
+
+@torch.no_grad()
+def evaluate_objective(objective, policy, reference, data, tokenizer, accelerator, batch_size: int) -> dict:
+    """Loss and metrics on the held-out examples (each process takes every W-th batch)."""
+    policy.eval()
+    stats = StepMetrics(data.kind)
+    starts = list(range(0, len(data.eval), batch_size))
+    # Every process runs the same number of forwards (collectives must match); a process whose
+    # share ran out repeats the first batch and does not count it.
+    per_process = math.ceil(len(starts) / accelerator.num_processes)
+    for i in range(per_process):
+        position = accelerator.process_index * per_process + i
+        start = starts[position] if position < len(starts) else starts[0]
+        batch = collate(data.eval[start:start + batch_size], tokenizer.pad_token_id).to(accelerator.device)
+        out, policy_logps = compute_objective(objective, policy, reference, batch, accelerator)
+        stats.add(out, policy_logps, count=position < len(starts))
+    policy.train()
+    return {f"eval/{k}": v for k, v in stats.reduce(accelerator).items() if not math.isnan(v)}
+
+
+def save_model(accelerator, policy, tokenizer, path: Path) -> None:
+    """save_pretrained of the unwrapped policy (a LoRA policy saves its adapter) and the tokenizer."""
+    accelerator.wait_for_everyone()
+    state = accelerator.get_state_dict(policy)
+    if accelerator.is_main_process:
+        accelerator.unwrap_model(policy).save_pretrained(str(path), state_dict=state, save_function=accelerator.save)
+        tokenizer.save_pretrained(str(path))
+    accelerator.wait_for_everyone()

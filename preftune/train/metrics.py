@@ -1,0 +1,89 @@
+"""Per-step metrics: averaged over micro-batches and processes, written to metrics.jsonl and TensorBoard."""
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from preftune.records import Logps, MethodOutput
+
+RESPONSE_NAMES = {"pairwise": ["chosen", "rejected"], "pointwise": ["completion", "mismatched"],
+                  "sft": ["target"]}
+
+
+def response_names(kind: str, k: int) -> list[str]:
+    return RESPONSE_NAMES.get(kind, [])[:k] or [f"response_{i}" for i in range(k)]
+
+
+class StepMetrics:
+    """Accumulates example-weighted means of everything a step logs."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self.sums: dict[str, float] = defaultdict(float)
+        self.examples = 0
+
+    def add(self, out: MethodOutput, policy: Logps, count: bool = True) -> None:
+        """Add a micro-batch; with count=False only its metric names are registered (weight 0)."""
+        b = out.loss.shape[0] if count else 0
+        self.examples += b
+        values = {"loss": out.loss.detach()}
+        names = response_names(self.kind, policy.num_responses)
+        for i, name in enumerate(names):
+            values[f"rewards/{name}"] = out.rewards[:, i]
+            values[f"logps/{name}"] = policy.sum[:, i].detach()
+            values[f"length/{name}"] = policy.length[:, i]
+        for key, value in out.metrics.items():
+            values[key] = value
+        for key, value in values.items():
+            value = value.float()
+            self.sums[key] += (float(value.sum()) if value.dim() else float(value) * b) if b else 0.0
+
+    def reduce(self, accelerator) -> dict[str, float]:
+        keys = sorted(self.sums)
+        local = torch.tensor([self.sums[k] for k in keys] + [float(self.examples)],
+                             dtype=torch.float64, device=accelerator.device)
+        total = accelerator.reduce(local, reduction="sum") if accelerator.num_processes > 1 else local
+        count = float(total[-1])
+        return {k: float(total[i]) / count for i, k in enumerate(keys)}
+
+
+class MetricsLogger:
+    """metrics.jsonl (one JSON object per logged step) and TensorBoard scalars, on the main process."""
+
+    def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool = True):
+        self.enabled = enabled
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self.writer = None
+        if enabled and tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a") as handle:
+            handle.write(json.dumps({"step": step, **metrics}) + "\n")
+        if self.writer is not None:
+            for key, value in metrics.items():
+                self.writer.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def truncate_metrics(run_dir: Path, after_step: int) -> None:
+    """Drop lines logged after `after_step` (a resumed run re-logs the steps it redoes)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if path.exists():
+        kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= after_step]
+        path.write_text("".join(line + "\n" for line in kept))
