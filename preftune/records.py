@@ -87,22 +87,24 @@ class Logps:
 
     def with_tokens(self, tokens: Tensor, mask: Tensor) -> "Logps":
         """A record whose sums are recomputed from (possibly re-weighted) per-token values."""
-        tokens = tokens * mask
+        tokens = torch.where(mask, tokens, torch.zeros((), dtype=tokens.dtype, device=tokens.device))
         return replace(self, tokens=tokens, sum=tokens.sum(-1))
 
     @staticmethod
     def from_tokens(tokens: Tensor, mask: Tensor) -> "Logps":
         """Build a record from (B, K, T) per-token log-probs and their response mask."""
         mask = mask.bool()
-        tokens = tokens * mask
+        # where(), not multiplication: a -inf at a padded position must not turn the sum into nan.
+        tokens = torch.where(mask, tokens, torch.zeros((), dtype=tokens.dtype, device=tokens.device))
         return Logps(sum=tokens.sum(-1), length=mask.sum(-1).to(tokens.dtype), tokens=tokens, mask=mask)
 
     @staticmethod
     def pair(chosen: Tensor, rejected: Tensor, chosen_length: Tensor | float = 1.0,
              rejected_length: Tensor | float = 1.0) -> "Logps":
         """Build a pairwise record from (B,) sums; handy in tests and in the tabular engine."""
-        chosen = torch.as_tensor(chosen, dtype=torch.get_default_dtype())
-        rejected = torch.as_tensor(rejected, dtype=chosen.dtype)
+        dtype = chosen.dtype if isinstance(chosen, Tensor) and chosen.is_floating_point() else torch.get_default_dtype()
+        chosen = torch.as_tensor(chosen, dtype=dtype)
+        rejected = torch.as_tensor(rejected, dtype=dtype)
         length = torch.stack([torch.as_tensor(chosen_length, dtype=chosen.dtype).expand_as(chosen),
                               torch.as_tensor(rejected_length, dtype=chosen.dtype).expand_as(rejected)], dim=-1)
         return Logps(sum=torch.stack([chosen, rejected], dim=-1), length=length)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from preftune.methods.common import log_ratios, response_nll
+from preftune.methods.common import log_ratios
 from preftune.methods.registry import register, taxonomy
 from preftune.records import Logps, MethodOutput, pairwise_metrics
 
@@ -36,12 +36,13 @@ def hinge(policy: Logps, reference: Logps, *, beta: float = 0.1, margin: float =
     taxonomy=taxonomy(["pairwise"], ["offline"], ["reference-free", "margin"]),
 )
 def slic(policy: Logps, *, margin: float = 1.0, reg_weight: float = 0.0) -> MethodOutput:
-    """The paper's reference-free calibration loss: max(0, delta - [lp(y_w) - lp(y_l)]) + lambda * NLL(y_w).
+    """The paper's reference-free calibration loss: max(0, delta - [lp(y_w) - lp(y_l)]) - lambda * lp(y_w).
 
-    margin (delta): about 1 in the paper. reg_weight (lambda): weight of the token-mean NLL of
-    the chosen response, the paper's regulariser towards the SFT target (0 disables it).
+    margin (delta): about 1 in the paper. reg_weight (lambda): weight of the sequence NLL
+    -log pi(y_w|x) of the chosen response, the paper's regulariser towards the SFT target
+    (offline.md §1; 0 disables it). Both terms use sequence sums, as in the paper.
     """
     gap = policy.chosen - policy.rejected
-    loss = torch.relu(margin - gap) + reg_weight * response_nll(policy, 0)
+    loss = torch.relu(margin - gap) - reg_weight * policy.chosen
     rewards = policy.sum
     return MethodOutput(loss, rewards, pairwise_metrics(rewards[:, 0], rewards[:, 1]))

@@ -43,7 +43,7 @@ def build_task_rows(task, task_cfg, kind: str, model, tokenizer, seed: int, prog
         return rows, {"demonstrations": len(rows), "noise": task_cfg.noise}
     prompts = task.prompts("train", task_cfg.prompts)
     samples = sample(model, tokenizer, prompts, task_cfg.samples_per_prompt, task_cfg.temperature, 1.0,
-                     task_cfg.max_new_tokens, 64, seed, progress, desc="sample pairs")
+                     task_cfg.max_new_tokens, 256, seed, progress, desc="sample pairs")
     rows = pairs_from_samples(task, samples, task_cfg.pairing)
     scores = [task.score(p, t) for _, p, t, _ in samples.flat()]
     stats = {"prompts": len(prompts), "samples": len(scores), "pairs": len(rows),
