@@ -122,29 +122,25 @@ def optimum_is_policy(method: str, prop: str, expected_probs: Tensor, optimum: P
 
 # -- evaluating a loss at chosen points ----------------------------------------------------------
 
-def pair_records(chosen, rejected, lengths=(1, 1)) -> Logps:
-    """A (B, 2) record from chosen/rejected sums (tensors or sequences) with the given lengths."""
-    chosen, rejected = as_float64(chosen).flatten(), as_float64(rejected).flatten()
-    sums = torch.stack([chosen, rejected], -1)
-    return Logps(sum=sums, length=as_float64(lengths).expand_as(sums).clone())
+def loss_and_gradient(loss: LossFn, policy_sums, reference_sums=None, lengths=(1, 1),
+                      extras: Mapping[str, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+    """Per-example losses of (B, R) records with these policy (and reference, default 0) sums,
+    and the gradient of their sum with respect to the policy sums, (B, R)."""
+    sums = as_float64(policy_sums).requires_grad_(True)
+    length = as_float64(lengths).expand(sums.shape).clone()
+    reference = torch.zeros_like(sums) if reference_sums is None else as_float64(reference_sums)
+    values = loss(Logps(sum=sums, length=length), Logps(sum=reference, length=length), extras or {})
+    grad, = torch.autograd.grad(values.sum(), sums, allow_unused=True)
+    return values.detach(), torch.zeros_like(sums) if grad is None else grad
 
 
 def losses_at_log_ratio_margins(loss: LossFn, margins, lengths=(1, 1),
                                 extras: Mapping[str, Tensor] | None = None) -> tuple[Tensor, Tensor]:
-    """Per-example losses at log-ratio margins Delta = Delta_w - Delta_l (reference log-probs 0,
-    policy log-probs (margin, 0)), and their gradients with respect to the policy sums (B, 2)."""
+    """`loss_and_gradient` on pairs whose log-ratio margin Delta_w - Delta_l is each of `margins`
+    (reference log-probs 0, policy log-probs (margin, 0)); for a reference-free method the margin
+    is the log-prob gap lp(y_w) - lp(y_l)."""
     margins = as_float64(margins).flatten()
-    chosen = margins.clone().requires_grad_(True)
-    rejected = torch.zeros_like(margins, requires_grad=True)
-    policy = Logps(sum=torch.stack([chosen, rejected], -1),
-                   length=as_float64(lengths).expand(len(margins), 2).clone())
-    reference = pair_records(torch.zeros_like(margins), torch.zeros_like(margins), lengths)
-    values = loss(policy, reference, extras or {})
-    grad_chosen, grad_rejected = torch.autograd.grad(values.sum(), [chosen, rejected], allow_unused=True)
-    zeros = torch.zeros_like(margins)
-    grads = torch.stack([zeros if grad_chosen is None else grad_chosen,
-                         zeros if grad_rejected is None else grad_rejected], -1)
-    return values.detach(), grads
+    return loss_and_gradient(loss, torch.stack([margins, torch.zeros_like(margins)], -1), None, lengths, extras)
 
 
 def grid(low: float, high: float, steps: int) -> Tensor:
@@ -171,7 +167,7 @@ def hinge_properties(method: str, loss: LossFn, scale: float, margin: float,
     return [
         compare(method, "gradient exactly 0 once the margin is met (5 points above it)",
                 0.0, float(grad_above.abs().max()), 0.0),
-        compare_vectors(method, "d loss/d lp(y_w) = -scale below the margin", torch.full_like(below, -scale),
+        compare_vectors(method, f"d loss/d lp(y_w) = -{scale:g} below the margin", torch.full_like(below, -scale),
                         grad_below[:, 0], 1e-12, labels=[f"h={scale * x:.2g}" for x in below.tolist()]),
         compare(method, f"optimum of the expected loss at the margin (p = {PAIR_P})", margin, scale * measured, 1e-6),
     ]
@@ -179,7 +175,8 @@ def hinge_properties(method: str, loss: LossFn, scale: float, margin: float,
 
 __all__ = [
     "DEFAULT_LENGTHS", "DEFAULT_REF", "DEFAULT_REWARDS", "PAIR_LENGTHS", "PAIR_P", "PAIR_REF",
-    "compare", "compare_vectors", "grid", "hinge_properties", "log_ratio", "losses_at_log_ratio_margins",
+    "compare", "compare_vectors", "grid", "hinge_properties", "log_ratio", "loss_and_gradient",
+    "losses_at_log_ratio_margins",
     "method_loss", "optimum_is_policy", "optimum_matches_reward", "pair_log_ratio_margin", "pair_logp_margin",
-    "pair_optimum", "pair_records",
+    "pair_optimum",
 ]

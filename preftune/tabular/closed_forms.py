@@ -93,7 +93,7 @@ def kto_optimal_policy(ref_probs, desirability, beta: float, sampling=None, desi
     For w_y > 0 and beta < 1, s(log(pi/pi_ref)) = x^beta/(1 + x^beta) is strictly concave in
     x = pi/pi_ref, so the optimum over the simplex is unique and interior, given by the
     Lagrange condition  mu_y w_y beta s'(r_y) / pi_y = nu  for every y, with s' = s(1 - s).
-    Each pi_y(nu) is decreasing in nu; nu is found by bisection so that sum_y pi_y = 1.
+    Each pi_y(nu) is decreasing in nu; nu is found by Brent's method so that sum_y pi_y = 1.
     For small beta, s is nearly linear and pi_y -> mu_y w_y / sum(mu w): a weighted MLE.
     """
     ref = as_float64(ref_probs)
@@ -103,18 +103,29 @@ def kto_optimal_policy(ref_probs, desirability, beta: float, sampling=None, desi
     if (w <= 0).any() or not 0 < beta < 1:
         raise ValueError("this closed form needs every response net-desirable (w > 0) and 0 < beta < 1")
 
-    ref_, mu_w = ref.tolist(), (mu * w).tolist()
+    log_ref, log_gain = ref.log().tolist(), (mu * w * beta).log().tolist()
 
-    def marginal_gain(pi: float, y: int) -> float:  # mu_y w_y beta s'(r_y) / pi_y
-        s = 1 / (1 + (ref_[y] / pi) ** beta)
-        return mu_w[y] * beta * s * (1 - s) / pi
+    def log_marginal_gain(y: int, log_pi: float) -> float:
+        """log(mu_y w_y beta s'(r_y) / pi_y), decreasing in log pi_y; s' = s(1-s), computed in logs."""
+        x = beta * (log_pi - log_ref[y])
+        return log_gain[y] - _softplus(-x) - _softplus(x) - log_pi
 
-    def pi_of(nu: float) -> list[float]:
-        return [brentq(lambda pi: marginal_gain(pi, y) - nu, 1e-300, 1.0 + 1e-9, xtol=1e-300, rtol=4e-16)
-                if marginal_gain(1.0, y) < nu else 1.0 for y in range(len(q))]
+    def pi_of(log_nu: float) -> list[float]:
+        # pi_y solves log_marginal_gain = log nu; it is capped at 1 (only matters while bracketing).
+        return [1.0 if log_marginal_gain(y, 0.0) >= log_nu else
+                math.exp(brentq(lambda t: log_marginal_gain(y, t) - log_nu, -1e4, 0.0, xtol=1e-14))
+                for y in range(len(q))]
 
-    log_nu = brentq(lambda t: sum(pi_of(math.exp(t))) - 1, -60.0, 60.0, xtol=1e-15)
-    return as_float64(pi_of(math.exp(log_nu)))
+    # At the lower end every pi_y is 1 (sum K > 1); at the upper end every pi_y <= 1/K (sum <= 1).
+    low = min(log_marginal_gain(y, 0.0) for y in range(len(q)))
+    high = max(log_marginal_gain(y, -math.log(len(q))) for y in range(len(q)))
+    log_nu = brentq(lambda t: sum(pi_of(t)) - 1, low, high, xtol=1e-14)
+    return as_float64(pi_of(log_nu))
+
+
+def _softplus(x: float) -> float:
+    """log(1 + e^x), without overflow."""
+    return max(x, 0.0) + math.log1p(math.exp(-abs(x)))
 
 
 def orpo_optimal_pair_policy(p: float, lengths: tuple[float, float], odds_weight: float) -> float:
@@ -143,4 +154,4 @@ def orpo_optimal_pair_policy(p: float, lengths: tuple[float, float], odds_weight
         sig = 1 / (1 + math.exp(-gap))
         return -p * pi1 / L0 + (1 - p) * pi0 / L1 + odds_weight * D * ((1 - p) * sig - p * (1 - sig))
 
-    return brentq(derivative, 1e-9, 1 - 1e-9, xtol=1e-15, rtol=4e-16)
+    return brentq(derivative, 1e-9, 1 - 1e-9, xtol=1e-15, rtol=1e-15)
