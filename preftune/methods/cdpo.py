@@ -37,6 +37,6 @@ def cdpo_tabular_check(fn=cdpo):
         bandit, optimum = pair_optimum(method_loss("cdpo", fn, beta=beta, label_smoothing=eps), p=p)
         results.append(compare("cdpo", f"pair optimum h* = logit((1-e)p + e(1-p)), e = {eps}, p = {p:g}",
                                smoothed_logistic_optimal_margin(eps, p),
-                               beta * pair_log_ratio_margin(bandit, optimum.logp), 1e-6))
+                               beta * pair_log_ratio_margin(bandit, optimum.logp), 1e-9))
     results.append(optimum_matches_reward("cdpo", fn, params={"beta": beta, "label_smoothing": 0.0}, beta=beta))
     return results

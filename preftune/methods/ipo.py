@@ -44,5 +44,5 @@ def ipo_tabular_check(fn=ipo):
         kind = "per-token" if normalise else "summed"
         results.append(compare("ipo", f"pair optimum Delta* = (2p-1)/(2 tau), {kind} log-ratios, p = {PAIR_P}, "
                                       f"|y| = {PAIR_LENGTHS}", ipo_optimal_margin(PAIR_P, tau),
-                               pair_log_ratio_margin(bandit, optimum.logp, normalise), 1e-6))
+                               pair_log_ratio_margin(bandit, optimum.logp, normalise), 1e-9))
     return results

@@ -64,7 +64,7 @@ def kto_tabular_check(fn=kto):
     params = dict(beta=beta, desirable_weight=lam_d, undesirable_weight=lam_u)
     optimum = optimise_policy(method_loss("kto", fn, **params), Bandit.create(ref), pointwise_dataset(q, mu))
     results = [optimum_is_policy("kto", f"optimum with z0 = 0, lambda_D = {lam_d}, lambda_U = {lam_u}",
-                                 kto_optimal_policy(ref, q, beta, mu, lam_d, lam_u), optimum, 1e-8)]
+                                 kto_optimal_policy(ref, q, beta, mu, lam_d, lam_u), optimum, 1e-10)]
 
     completion = torch.tensor([1.5, -0.5, 2.0, -3.0], dtype=torch.float64)  # log-ratios r (reference at 0)
     mismatched = torch.tensor([0.8, 0.1, -0.2, 0.5], dtype=torch.float64)

@@ -39,4 +39,4 @@ def orpo_tabular_check(fn=orpo):
     odds_weight = 0.1
     bandit, optimum = pair_optimum(method_loss("orpo", fn, beta=odds_weight))
     return [compare("orpo", f"pair optimum pi(y_0), lambda = {odds_weight}, p = {PAIR_P}, |y| = {PAIR_LENGTHS}",
-                    orpo_optimal_pair_policy(PAIR_P, PAIR_LENGTHS, odds_weight), float(optimum.probs[0, 0]), 1e-8)]
+                    orpo_optimal_pair_policy(PAIR_P, PAIR_LENGTHS, odds_weight), float(optimum.probs[0, 0]), 1e-10)]

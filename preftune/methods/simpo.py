@@ -57,11 +57,11 @@ def simpo_tabular_check(fn=simpo):
                                    p=1.0)
     z = beta * pair_logp_margin(bandit, optimum.logp, normalise=True) - gamma
     results = [compare("simpo", f"label smoothing e = {eps}: optimum z* = log((1-e)/e)",
-                       smoothed_logistic_optimal_margin(eps), z, 1e-6)]
+                       smoothed_logistic_optimal_margin(eps), z, 1e-9)]
     bandit, optimum = pair_optimum(method_loss("simpo", fn, beta=beta, gamma_beta_ratio=ratio), p=PAIR_P)
     results.append(compare("simpo", f"soft label p = {PAIR_P}, gamma = {gamma:g}: optimum beta*(avg_0 - avg_1)",
                            margin_logistic_optimal_margin(PAIR_P, gamma),
-                           beta * pair_logp_margin(bandit, optimum.logp, normalise=True), 1e-6))
+                           beta * pair_logp_margin(bandit, optimum.logp, normalise=True), 1e-9))
     lm = TokenLM()
     record = lm.records(lm.random_tables(torch.Generator().manual_seed(0)), [[(1, 2, 3), (4, 1)], [(2,), (3, 3, 1, 4)]])
     loss = method_loss("simpo", fn, beta=beta, gamma_beta_ratio=ratio)

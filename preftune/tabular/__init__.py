@@ -6,7 +6,7 @@ each method's population optimum can be compared with the closed form of its pap
 - bandit.py       `Bandit`: prompts x K responses, lengths, reference; builds `Logps` records.
 - preferences.py  `PreferenceModel`: Bradley-Terry, general / intransitive P, rock-paper-scissors,
                   majority vote and mixtures of annotators, label-flip noise.
-- expected.py     `Dataset` of weighted rows, exact `expected_loss`, `optimise_policy` (L-BFGS, float64).
+- expected.py     `Dataset` of weighted rows, exact `expected_loss`, `optimise_policy` (trust-region Newton, float64).
 - closed_forms.py optima of DPO, IPO, cDPO/SimPO label smoothing and margins, KTO, ORPO; BT MLE fit.
 - games.py        Nash equilibrium (LP), KL-regularised equilibrium (Nash-MP), exploitability, duality gap.
 - tokens.py       `TokenLM`: a toy per-position LM with exact sequence probabilities and per-token Logps.

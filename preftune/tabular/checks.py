@@ -92,7 +92,7 @@ def pair_optimum(loss: LossFn, p: float = PAIR_P, ref=PAIR_REF, lengths=PAIR_LEN
 
 def optimum_matches_reward(method: str, fn: Callable | None = None, *, params: Mapping, beta: float,
                            rewards=DEFAULT_REWARDS, ref=DEFAULT_REF, lengths=DEFAULT_LENGTHS,
-                           flip_rate: float = 0.0, tolerance: float = 1e-6) -> CheckResult:
+                           flip_rate: float = 0.0, tolerance: float = 1e-9) -> CheckResult:
     """DPO's population optimum: beta (Delta_i - Delta_j) = r_i - r_j for every pair (offline.md §1).
 
     Labels are Bradley-Terry from `rewards`, each flipped with probability flip_rate (a method

@@ -4,8 +4,8 @@ A `Dataset` is the whole data distribution written out: every row (a prompt and 
 the method sees, chosen first) with the probability of drawing it, which folds in both the
 sampling distribution of the responses and the label probabilities of the preference model.
 The expected loss is then the finite sum  E[L] = sum_m weight_m * loss_m  (offline.md §0,
-"Expected loss"), differentiable in the policy logits, and its minimiser is the population
-optimum that the closed forms in `closed_forms.py` describe.
+"Expected loss"), twice differentiable in the policy logits for smooth losses, and its
+minimiser is the population optimum that the closed forms in `closed_forms.py` describe.
 
 Methods that use a batch statistic (KTO's reference point z0) see the whole dataset as one batch.
 """
@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator, Mapping
 
 import torch
-from scipy.optimize import minimize_scalar
+import numpy as np
+from scipy.optimize import minimize, minimize_scalar
 from torch import Tensor
 
 from preftune.methods.objective import Objective
@@ -80,7 +81,7 @@ def pairwise_dataset(preferences: PreferenceModel, sampling: Tensor | None = Non
 
     sampling: symmetric (K, K) matrix mu of unnormalised pair probabilities, zero diagonal
     (default: uniform over pairs). The label of a sampled pair {i, j} says i > j with
-    probability P[i, j], so E[L] = sum_{i != j} mu_ij P_ij L(i > j) / sum_{i != j} mu_ij.
+    probability P[i, j], so E[L] = sum_{i != j} mu_ij P_ij L(i > j) / sum_{i < j} mu_ij.
     """
     K = preferences.num_responses
     mu = uniform_pair_sampling(K) if sampling is None else as_float64(sampling)
@@ -160,12 +161,13 @@ def expected_loss(loss: LossFn, bandit: Bandit, data: Dataset, logits: Tensor) -
 
 @dataclass(frozen=True)
 class PolicyOptimum:
-    """The result of `optimise_policy`: the policy and how well its optimality was certified."""
+    """The result of an optimisation: the optimal policy and how well its optimality is certified."""
 
     logits: Tensor
     logp: Tensor
     loss: float
     grad_norm: float  # max-abs gradient of the expected loss at `logits` (0 for the scalar search)
+    converged: bool
 
     @property
     def probs(self) -> Tensor:
@@ -173,41 +175,58 @@ class PolicyOptimum:
 
 
 def optimise_policy(loss: LossFn, bandit: Bandit, data: Dataset, init_logits: Tensor | None = None,
-                    grad_tol: float = 1e-11, max_rounds: int = 20) -> PolicyOptimum:
+                    grad_tol: float = 1e-14, max_iter: int = 500, polish_steps: int = 10) -> PolicyOptimum:
     """Minimise the exact expected loss over the softmax logits, full batch, in float64.
 
-    L-BFGS with a strong-Wolfe line search, restarted until the largest gradient entry is below
-    grad_tol (or max_rounds restarts). The expected losses of the convex members of the DPO
-    family are smooth and convex in the logits, so this reaches the population optimum to
-    near machine precision. Starts from the reference policy unless init_logits is given.
+    A trust-region Newton method with the exact Hessian (scipy's "trust-exact"; gradient and
+    Hessian of the expected loss by torch autograd). Being second order it converges
+    quadratically near the optimum, so it certifies a gradient near machine precision, which a
+    line-search method stalls short of once loss decreases fall below float64 resolution. The
+    Hessian is singular along the gauge direction (adding a constant to one prompt's logits),
+    which the exact trust-region subproblem handles, and it copes with non-convex losses (KTO).
+    A few Newton steps finish the job (see below). `converged` says whether the largest
+    gradient entry reached grad_tol. Starts from the reference policy unless init_logits is given.
     """
-    logits = (bandit.reference_logits() if init_logits is None else as_float64(init_logits)).requires_grad_(True)
-    optimiser = torch.optim.LBFGS([logits], lr=1, max_iter=200, history_size=50, tolerance_grad=grad_tol,
-                                  tolerance_change=0, line_search_fn="strong_wolfe")
+    shape = bandit.ref_logp.shape
+    start = bandit.reference_logits() if init_logits is None else as_float64(init_logits)
 
-    def closure() -> Tensor:
-        optimiser.zero_grad()
-        value = expected_loss(loss, bandit, data, logits)
-        value.backward()
-        return value
+    def value(flat: Tensor) -> Tensor:
+        return expected_loss(loss, bandit, data, flat.reshape(shape))
 
-    grad_norm = float("inf")
+    def value_and_grad(x: np.ndarray) -> tuple[float, np.ndarray]:
+        flat = torch.from_numpy(x).requires_grad_(True)
+        v = value(flat)
+        grad, = torch.autograd.grad(v, flat)
+        return float(v.detach()), grad.numpy()
+
+    def hessian(x: np.ndarray) -> np.ndarray:
+        return torch.autograd.functional.hessian(value, torch.from_numpy(x)).numpy()
+
     with single_threaded():
-        for _ in range(max_rounds):
-            optimiser.step(closure)
-            value = closure().detach()
-            grad_norm = float(logits.grad.abs().max())
-            if grad_norm <= grad_tol:
+        result = minimize(value_and_grad, start.flatten().numpy(), jac=True, hess=hessian, method="trust-exact",
+                          options={"gtol": grad_tol, "maxiter": max_iter})
+        x, fun, grad = result.x, result.fun, result.jac
+        # The trust region judges a step by the loss decrease it achieves, which float64 can no
+        # longer resolve near the optimum; plain Newton steps, kept while the gradient shrinks,
+        # take the gradient the rest of the way (pseudo-inverse: the gauge direction is singular).
+        for _ in range(polish_steps):
+            if np.abs(grad).max() <= grad_tol:
                 break
-    logits = logits.detach()
-    return PolicyOptimum(logits, Bandit.log_policy(logits), float(value), grad_norm)
+            candidate = x - np.linalg.pinv(hessian(x), rcond=1e-13, hermitian=True) @ grad
+            candidate_fun, candidate_grad = value_and_grad(candidate)
+            if not np.abs(candidate_grad).max() < np.abs(grad).max():
+                break
+            x, fun, grad = candidate, candidate_fun, candidate_grad
+    grad_norm = float(np.abs(grad).max())
+    logits = torch.from_numpy(x).reshape(shape)
+    return PolicyOptimum(logits, Bandit.log_policy(logits), float(fun), grad_norm, grad_norm <= grad_tol)
 
 
 def optimise_two_response_policy(loss: LossFn, bandit: Bandit, data: Dataset, bound: float = 60.0,
                                  tol: float = 1e-12) -> PolicyOptimum:
     """Minimise a one-prompt, two-response expected loss over its single free logit, theta_0 - theta_1.
 
-    For non-smooth losses (hinge, SLiC) whose expected loss is piecewise linear, where L-BFGS
+    For non-smooth losses (hinge, SLiC) whose expected loss is piecewise linear, where Newton
     stalls on the kink: a bounded Brent / golden-section search on a unimodal function of one
     variable, to an absolute tolerance `tol` in the logit. |theta_0 - theta_1| is kept below bound.
     """
@@ -224,4 +243,4 @@ def optimise_two_response_policy(loss: LossFn, bandit: Bandit, data: Dataset, bo
     with single_threaded():
         result = minimize_scalar(objective, bounds=(-bound, bound), method="bounded", options={"xatol": tol})
     logits = logits_of(float(result.x))
-    return PolicyOptimum(logits, Bandit.log_policy(logits), float(result.fun), 0.0)
+    return PolicyOptimum(logits, Bandit.log_policy(logits), float(result.fun), 0.0, bool(result.success))
