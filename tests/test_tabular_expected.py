@@ -7,7 +7,7 @@ import preftune.methods  # noqa: F401  (registers the methods)
 from preftune.methods import build_objective
 from preftune.tabular import (Bandit, Dataset, PreferenceModel, bradley_terry_fit, dpo_optimal_policy,
                               expected_loss, method_loss, objective_loss, optimise_policy, pairwise_dataset,
-                              pointwise_dataset, reference_pair_sampling, uniform_pair_sampling)
+                              plackett_luce_dataset, pointwise_dataset, reference_pair_sampling, uniform_pair_sampling)
 
 LOGITS = torch.tensor([[0.3, -1.2, 0.8, 0.1]], dtype=torch.float64)
 
@@ -67,3 +67,16 @@ def test_pointwise_dataset_weights_and_labels():
 def test_pairwise_dataset_rejects_asymmetric_sampling():
     with pytest.raises(ValueError):
         pairwise_dataset(PreferenceModel.rock_paper_scissors(), torch.tensor([[0, 1, 1], [2, 0, 1], [1, 1, 0.]]))
+
+
+def test_plackett_luce_rankings_have_bradley_terry_pairwise_marginals():
+    """Luce's choice axiom: under Plackett-Luce, P(i ranked above j) = sigmoid(r_i - r_j) for any K."""
+    rewards = [0.9, -0.4, 0.2, 1.3]
+    data = plackett_luce_dataset(rewards)
+    assert data.num_rows == 24 and data.weight.sum().item() == pytest.approx(1.0, abs=1e-15)
+    position = data.responses.argsort(-1)  # position[m, k]: rank of response k in ranking m
+    above = (position[:, :, None] < position[:, None, :]).double()
+    marginal = torch.einsum("m,mij->ij", data.weight, above)
+    bt = PreferenceModel.bradley_terry(rewards).matrix
+    off_diagonal = ~torch.eye(4, dtype=torch.bool)
+    assert torch.allclose(marginal[off_diagonal], bt[off_diagonal], atol=1e-15)

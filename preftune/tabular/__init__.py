@@ -20,7 +20,7 @@ from preftune.tabular.closed_forms import (bradley_terry_fit, dpo_optimal_policy
                                            orpo_optimal_pair_policy, smoothed_logistic_optimal_margin)
 from preftune.tabular.expected import (Dataset, Minimum, PolicyOptimum, expected_loss, independent_pair_sampling,
                                        method_loss, minimise, objective_loss, optimise_policy,
-                                       optimise_two_response_policy, pairwise_dataset,
+                                       optimise_two_response_policy, pairwise_dataset, plackett_luce_dataset,
                                        pointwise_dataset, reference_pair_sampling, single_pair_dataset,
                                        single_threaded, uniform_pair_sampling)
 from preftune.tabular.games import (best_response_value, duality_gap, exploitability, kl_divergence,
@@ -34,7 +34,7 @@ __all__ = [
     "exploitability", "independent_pair_sampling", "ipo_optimal_margin", "kl_divergence",
     "kto_optimal_policy", "margin_logistic_optimal_margin", "method_loss", "minimise", "nash_equilibrium",
     "nash_mp_step", "objective_loss", "optimise_policy", "optimise_two_response_policy",
-    "orpo_optimal_pair_policy", "pairwise_dataset", "pointwise_dataset", "reference_pair_sampling",
+    "orpo_optimal_pair_policy", "pairwise_dataset", "plackett_luce_dataset", "pointwise_dataset", "reference_pair_sampling",
     "regularised_equilibrium", "repeat_response_tokens", "single_pair_dataset", "single_threaded",
     "smoothed_logistic_optimal_margin", "uniform_pair_sampling",
 ]

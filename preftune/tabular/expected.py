@@ -11,12 +11,13 @@ Methods that use a batch statistic (KTO's reference point z0) see the whole data
 """
 from __future__ import annotations
 
+import itertools
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Mapping
 
-import torch
 import numpy as np
+import torch
 from scipy.optimize import minimize, minimize_scalar
 from torch import Tensor
 
@@ -35,8 +36,8 @@ class Dataset:
     """An exact data distribution: row m is (prompt[m], responses[m]) with probability weight[m].
 
     responses: (M, R) response indices; for pairwise data column 0 is the chosen response and
-    column 1 the rejected one (records.py). extras: per-row data columns a method declares
-    (e.g. KTO's `label`), each (M, ...).
+    column 1 the rejected one (records.py), for rankings they are best first. extras: per-row
+    data columns a method declares (e.g. KTO's `label`), each (M, ...).
     """
 
     prompt: Tensor
@@ -119,6 +120,22 @@ def pointwise_dataset(desirability, sampling=None, prompt: int = 0) -> Dataset:
     keep = weight > 0
     return Dataset(prompt=torch.full((int(keep.sum()),), prompt), responses=responses[keep],
                    weight=weight[keep], extras={"label": label[keep]})
+
+
+def plackett_luce_dataset(rewards, prompt: int = 0) -> Dataset:
+    """Every full ranking of one prompt's K responses, best first, with its Plackett-Luce probability
+
+        P(y_(1) > ... > y_(K)) = prod_k exp(r_(k)) / sum_{m >= k} exp(r_(m))
+
+    (Plackett 1975; the listwise model of DPO's Appendix A.3). responses[m] is the ranking, so
+    listwise methods see the responses in preference order. K! rows: keep K small.
+    """
+    r = as_float64(rewards)
+    rankings = torch.tensor(list(itertools.permutations(range(len(r)))), dtype=torch.long)
+    ranked = r[rankings]  # (K!, K) rewards in ranked order
+    tail_logsumexp = torch.logcumsumexp(ranked.flip(-1), dim=-1).flip(-1)
+    weight = (ranked - tail_logsumexp).sum(-1).exp()
+    return Dataset(prompt=torch.full((len(rankings),), prompt), responses=rankings, weight=weight / weight.sum())
 
 
 # -- what is being verified: a method (possibly a modified copy of its function) or an objective --
