@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import preftune.methods  # noqa: F401  (registers the methods)
-from preftune.methods import all_methods, get, register, registry, tabular_check
+from preftune.methods import CheckResult, all_methods, get, register, registry, tabular_check
 from preftune.methods.cdpo import cdpo
 from preftune.methods.dpo import dpo, dpo_tabular_check
 from preftune.methods.ipo import ipo
@@ -125,6 +125,19 @@ def test_a_crashing_or_empty_check_is_an_error_not_a_pass(scratch_registry):
     assert code == 1
     assert [m["status"] for m in report["methods"]] == ["error", "error"]
     assert "ZeroDivisionError" in report["methods"][0]["reason"]
+
+
+def test_a_nan_measurement_fails_and_the_json_stays_strict(scratch_registry):
+    register_like_dpo("nan_check", lambda policy, reference, *, beta=0.1: dpo(policy, reference, beta=beta))
+    tabular_check("nan_check")(lambda: [CheckResult("nan_check", "diverged", 1.0, float("nan"), 1e-6)])
+    out = io.StringIO()
+    assert run_verify(["nan_check"], as_json=True, stream=out) == 1
+
+    def reject(constant):
+        raise ValueError(f"non-standard JSON constant {constant}")
+
+    report = json.loads(out.getvalue(), parse_constant=reject)
+    assert report["methods"][0]["status"] == "failed" and report["methods"][0]["checks"][0]["measured"] == "nan"
 
 
 # -- mutation tests: each check, pointed at a broken copy of its loss, must fail ---------------------

@@ -95,6 +95,11 @@ def render_table(reports: list[MethodReport], seconds: float) -> str:
     return "\n".join(lines)
 
 
+def _json_number(value: float) -> float | str:
+    """Strict JSON has no NaN or infinity: a failed measurement is written as the string "nan"/"inf"."""
+    return value if math.isfinite(value) else str(value)
+
+
 def to_json(reports: list[MethodReport], seconds: float) -> dict:
     """The machine-readable report that the README cites as the correctness evidence."""
     return {
@@ -105,8 +110,9 @@ def to_json(reports: list[MethodReport], seconds: float) -> dict:
             "status": r.status,
             "reason": r.reason,
             "seconds": round(r.seconds, 3),
-            "checks": [{"property": c.property, "expected": c.expected, "measured": c.measured,
-                        "error": c.error, "tolerance": c.tolerance, "passed": c.passed} for c in r.checks],
+            "checks": [{"property": c.property, "expected": _json_number(c.expected),
+                        "measured": _json_number(c.measured), "error": _json_number(c.error),
+                        "tolerance": c.tolerance, "passed": c.passed} for c in r.checks],
         } for r in reports],
     }
 
