@@ -80,3 +80,11 @@ def test_plackett_luce_rankings_have_bradley_terry_pairwise_marginals():
     bt = PreferenceModel.bradley_terry(rewards).matrix
     off_diagonal = ~torch.eye(4, dtype=torch.bool)
     assert torch.allclose(marginal[off_diagonal], bt[off_diagonal], atol=1e-15)
+
+
+def test_reward_recovery_helper_applies_the_implicit_reward_score():
+    """optimum_matches_reward compares beta * score(Delta): DPO at beta 0.1 is 0.05 * (2 Delta)."""
+    from preftune.tabular.checks import optimum_matches_reward
+
+    assert optimum_matches_reward("dpo", params={"beta": 0.1}, beta=0.05, score=lambda delta: 2 * delta).passed
+    assert not optimum_matches_reward("dpo", params={"beta": 0.1}, beta=0.05).passed

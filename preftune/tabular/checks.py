@@ -8,9 +8,11 @@ copy of the loss, which must then fail (tests/test_verify.py keeps those mutatio
 A typical check is a few lines:
 
     @tabular_check("dpo")
-    def dpo_check(fn=dpo):
+    def dpo_tabular_check(fn=dpo):
         from preftune.tabular.checks import optimum_matches_reward
         return [optimum_matches_reward("dpo", fn, params={"beta": 0.1}, beta=0.1)]
+
+and `get("dpo").check(fn=broken_dpo)` runs the same check against a broken copy.
 
 Measurements never go through the method's own outputs (its `rewards`, its margin metric): they
 are recomputed from the optimal policy, so a bug in the loss cannot hide itself.
@@ -91,25 +93,30 @@ def pair_optimum(loss: LossFn, p: float = PAIR_P, ref=PAIR_REF, lengths=PAIR_LEN
 
 
 def optimum_matches_reward(method: str, fn: Callable | None = None, *, params: Mapping, beta: float,
-                           rewards=DEFAULT_REWARDS, ref=DEFAULT_REF, lengths=DEFAULT_LENGTHS,
-                           flip_rate: float = 0.0, tolerance: float = 1e-9) -> CheckResult:
-    """DPO's population optimum: beta (Delta_i - Delta_j) = r_i - r_j for every pair (offline.md §1).
+                           score: Callable[[Tensor], Tensor] | None = None, rewards=DEFAULT_REWARDS,
+                           ref=DEFAULT_REF, lengths=DEFAULT_LENGTHS, flip_rate: float = 0.0,
+                           tolerance: float = 1e-9) -> CheckResult:
+    """The population optimum under Bradley-Terry labels recovers the reward: for every pair
+    beta (s(Delta_i) - s(Delta_j)) = r_i - r_j, where beta s(Delta) is the method's implicit reward.
 
-    Labels are Bradley-Terry from `rewards`, each flipped with probability flip_rate (a method
-    robust to that noise must still recover the clean rewards); pairs are drawn from the
-    reference. The measured policy is also compared with pi* ~ pi_ref exp(r/beta) implicitly:
-    matching all pairwise margins is the same statement.
+    s is the identity for DPO (offline.md §1: pi* ~ pi_ref exp(r/beta)); f-DPO passes its score
+    f'(pi/pi_ref) as `score` (offline.md §10). Labels are Bradley-Terry from `rewards`, each
+    flipped with probability flip_rate (a method robust to that noise must still recover the
+    clean rewards); pairs are drawn from the reference; lengths are unequal so that a method
+    normalising by length where it should not fails.
     """
     bandit = Bandit.create(ref, lengths)
     preferences = PreferenceModel.bradley_terry(rewards).with_label_noise(flip_rate)
     data = pairwise_dataset(preferences, reference_pair_sampling(bandit))
     optimum = optimise_policy(method_loss(method, fn, **params), bandit, data)
+    implicit = beta * (log_ratio(bandit, optimum.logp) if score is None else score(log_ratio(bandit, optimum.logp)))
     r = as_float64(rewards)
     i, j = torch.triu_indices(len(r), len(r), offset=1)
-    measured = beta * (log_ratio(bandit, optimum.logp)[i] - log_ratio(bandit, optimum.logp)[j])
     noise = f", labels flipped at {flip_rate:g}" if flip_rate else ""
-    return compare_vectors(method, f"BT optimum beta*(D_i-D_j) = r_i-r_j{noise}", r[i] - r[j], measured,
-                           tolerance, labels=[f"{a},{b}" for a, b in zip(i.tolist(), j.tolist())])
+    lhs = "beta*(D_i-D_j)" if score is None else "beta*(s(D_i)-s(D_j))"
+    return compare_vectors(method, f"BT optimum {lhs} = r_i-r_j{noise}", r[i] - r[j],
+                           implicit[i] - implicit[j], tolerance,
+                           labels=[f"{a},{b}" for a, b in zip(i.tolist(), j.tolist())])
 
 
 def optimum_is_policy(method: str, prop: str, expected_probs: Tensor, optimum: PolicyOptimum,
