@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from preftune.methods.common import log_ratios, neg_log_sigmoid
-from preftune.methods.registry import register, taxonomy
+from preftune.methods.registry import register, tabular_check, taxonomy
 from preftune.records import Logps, MethodOutput, pairwise_metrics
 
 
@@ -21,3 +21,12 @@ def dpo(policy: Logps, reference: Logps, *, beta: float = 0.1) -> MethodOutput:
     rewards = beta * log_ratios(policy, reference)
     margin = rewards[:, 0] - rewards[:, 1]
     return MethodOutput(neg_log_sigmoid(margin), rewards, pairwise_metrics(rewards[:, 0], rewards[:, 1]))
+
+
+@tabular_check("dpo")
+def dpo_tabular_check(fn=dpo):
+    """offline.md §1 Test: under Bradley-Terry labels the expected-loss optimum satisfies
+    beta (Delta_i - Delta_j) = r_i - r_j, i.e. pi* ~ pi_ref exp(r/beta) (DPO paper Eq. 4)."""
+    from preftune.tabular.checks import optimum_matches_reward
+
+    return [optimum_matches_reward("dpo", fn, params={"beta": 0.1}, beta=0.1)]

@@ -1,7 +1,7 @@
 """IPO: Identity Preference Optimisation (Azar et al., AISTATS 2024, arXiv 2310.12036)."""
 from __future__ import annotations
 
-from preftune.methods.registry import register, taxonomy
+from preftune.methods.registry import register, tabular_check, taxonomy
 from preftune.records import Logps, MethodOutput, pairwise_metrics
 
 
@@ -26,3 +26,23 @@ def ipo(policy: Logps, reference: Logps, *, beta: float = 0.1, length_normalize:
     loss = (margin - 1 / (2 * beta)) ** 2
     rewards = beta * ratios
     return MethodOutput(loss, rewards, pairwise_metrics(rewards[:, 0], rewards[:, 1]))
+
+
+@tabular_check("ipo")
+def ipo_tabular_check(fn=ipo):
+    """offline.md §1 Test: for a pair with preference probability p the expected-loss minimiser is
+    Delta* = (2p-1)/(2 tau), measured on per-token log-ratios when length_normalize (lengths 3 and 7,
+    so a missing 1/|y| shows) and on summed ones otherwise."""
+    from preftune.tabular.checks import PAIR_LENGTHS, PAIR_P, compare, method_loss, pair_log_ratio_margin, \
+        pair_optimum
+    from preftune.tabular.closed_forms import ipo_optimal_margin
+
+    tau = 0.1
+    results = []
+    for normalise in (True, False):
+        bandit, optimum = pair_optimum(method_loss("ipo", fn, beta=tau, length_normalize=normalise))
+        kind = "per-token" if normalise else "summed"
+        results.append(compare("ipo", f"pair optimum Delta* = (2p-1)/(2 tau), {kind} log-ratios, p = {PAIR_P}, "
+                                      f"|y| = {PAIR_LENGTHS}", ipo_optimal_margin(PAIR_P, tau),
+                               pair_log_ratio_margin(bandit, optimum.logp, normalise), 1e-9))
+    return results

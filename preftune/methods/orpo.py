@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from preftune.methods.common import log_odds, neg_log_sigmoid, response_nll
-from preftune.methods.registry import register, taxonomy
+from preftune.methods.registry import register, tabular_check, taxonomy
 from preftune.records import Logps, MethodOutput, pairwise_metrics
 
 
@@ -25,3 +25,18 @@ def orpo(policy: Logps, *, beta: float = 0.1) -> MethodOutput:
     metrics = pairwise_metrics(rewards[:, 0], rewards[:, 1])
     metrics["log_odds_ratio"] = odds_margin
     return MethodOutput(loss, rewards, metrics)
+
+
+@tabular_check("orpo")
+def orpo_tabular_check(fn=orpo):
+    """On a two-response bandit whose pair is labelled 0 > 1 with probability p, the expected ORPO
+    loss has a unique interior optimum; closed_forms.orpo_optimal_pair_policy finds it as the root
+    of the derivative written from the paper's Eq. 4-6 alone (lengths 3 and 7, so the per-token
+    means of the NLL and of the odds matter). With lambda = 0 it is the SFT optimum pi_k ~ p_k/|y_k|."""
+    from preftune.tabular.checks import PAIR_LENGTHS, PAIR_P, compare, method_loss, pair_optimum
+    from preftune.tabular.closed_forms import orpo_optimal_pair_policy
+
+    odds_weight = 0.1
+    bandit, optimum = pair_optimum(method_loss("orpo", fn, beta=odds_weight))
+    return [compare("orpo", f"pair optimum pi(y_0), lambda = {odds_weight}, p = {PAIR_P}, |y| = {PAIR_LENGTHS}",
+                    orpo_optimal_pair_policy(PAIR_P, PAIR_LENGTHS, odds_weight), float(optimum.probs[0, 0]), 1e-10)]

@@ -53,7 +53,7 @@ class MethodSpec:
     paper: str
     reconstructed: str | None = None
     no_check_reason: str | None = None
-    check: Callable[[], list[CheckResult]] | None = field(default=None, repr=False)
+    check: Callable[..., list[CheckResult]] | None = field(default=None, repr=False)
 
     @property
     def hyperparameters(self) -> dict[str, Any]:
@@ -137,10 +137,12 @@ def register(*, name: str, seed: str | None, family: str, input_kind: str, needs
 def tabular_check(name: str):
     """Decorator for a method's exact tabular check, written beside the method in its file.
 
-    The check takes no arguments and returns a list of CheckResult; `preftune verify` runs it.
+    The check takes one optional argument, `fn`, the loss function to check (default: the
+    registered one), and returns a list of CheckResult. `preftune verify` calls it with no
+    argument; mutation tests pass a deliberately broken copy of the loss and expect a failure.
     """
 
-    def decorate(check: Callable[[], list[CheckResult]]) -> Callable[[], list[CheckResult]]:
+    def decorate(check: Callable[..., list[CheckResult]]) -> Callable[..., list[CheckResult]]:
         spec = get(name)
         if spec.check is not None:
             raise ValueError(f"method '{name}' already has a tabular check")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from preftune.methods.common import neg_log_sigmoid, response_nll
-from preftune.methods.registry import register, taxonomy
+from preftune.methods.registry import register, tabular_check, taxonomy
 from preftune.records import Logps, MethodOutput, pairwise_metrics
 
 
@@ -37,3 +37,34 @@ def simpo(policy: Logps, *, beta: float = 2.0, gamma_beta_ratio: float = 0.5, la
         loss = loss + sft_weight * response_nll(policy, 0)
     rewards = beta * policy.mean
     return MethodOutput(loss, rewards, pairwise_metrics(rewards[:, 0], rewards[:, 1]))
+
+
+@tabular_check("simpo")
+def simpo_tabular_check(fn=simpo):
+    """offline.md §2 Tests, on a pair with lengths 3 and 7 so that sums and means differ:
+    label smoothing eps puts the optimum at z* = log((1-eps)/eps) (Test 3); with soft labels p the
+    margin gamma gives u* = beta (avg_0 - avg_1) = the root of (1-p) a^2 + (1-2p) e^gamma a - p = 0,
+    a = e^u (closed_forms.margin_logistic_optimal_margin); repeating y_w's tokens leaves avg, hence
+    the loss, unchanged (Test 1, on the toy token LM)."""
+    from preftune.tabular.checks import PAIR_P, compare, compare_vectors, method_loss, pair_logp_margin, \
+        pair_optimum
+    from preftune.tabular.closed_forms import margin_logistic_optimal_margin, smoothed_logistic_optimal_margin
+    from preftune.tabular.tokens import TokenLM, repeat_response_tokens
+
+    beta, ratio, eps = 2.0, 0.5, 0.1
+    gamma = beta * ratio
+    bandit, optimum = pair_optimum(method_loss("simpo", fn, beta=beta, gamma_beta_ratio=ratio, label_smoothing=eps),
+                                   p=1.0)
+    z = beta * pair_logp_margin(bandit, optimum.logp, normalise=True) - gamma
+    results = [compare("simpo", f"label smoothing e = {eps}: optimum z* = log((1-e)/e)",
+                       smoothed_logistic_optimal_margin(eps), z, 1e-9)]
+    bandit, optimum = pair_optimum(method_loss("simpo", fn, beta=beta, gamma_beta_ratio=ratio), p=PAIR_P)
+    results.append(compare("simpo", f"soft label p = {PAIR_P}, gamma = {gamma:g}: optimum beta*(avg_0 - avg_1)",
+                           margin_logistic_optimal_margin(PAIR_P, gamma),
+                           beta * pair_logp_margin(bandit, optimum.logp, normalise=True), 1e-9))
+    lm = TokenLM()
+    record = lm.records(lm.random_tables(torch.Generator().manual_seed(0)), [[(1, 2, 3), (4, 1)], [(2,), (3, 3, 1, 4)]])
+    loss = method_loss("simpo", fn, beta=beta, gamma_beta_ratio=ratio)
+    results.append(compare_vectors("simpo", "loss unchanged when y_w's token log-probs are repeated (token LM)",
+                                   loss(record, None, {}), loss(repeat_response_tokens(record, 0), None, {}), 1e-12))
+    return results

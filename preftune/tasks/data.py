@@ -18,7 +18,11 @@ def pairs_from_samples(task, samples, pairing: str = "best-worst") -> list[dict]
         raise ValueError(f"pairing must be 'best-worst' or 'all', got {pairing!r}")
     rows = []
     for prompt, texts in zip(samples.prompts, samples.texts):
-        scored = [(task.score(prompt, t), t) for t in texts]
+        # A blank sample (the model stopped at once) is not a usable response: the data layer
+        # rejects empty text, so such samples take no part in pairs (counted by the caller).
+        scored = [(task.score(prompt, t), t) for t in texts if t.strip()]
+        if not scored:
+            continue
         if pairing == "best-worst":
             best = max(scored, key=lambda s: s[0])
             worst = min(scored, key=lambda s: s[0])
@@ -46,7 +50,8 @@ def build_task_rows(task, task_cfg, kind: str, model, tokenizer, seed: int, prog
                      task_cfg.max_new_tokens, 256, seed, progress, desc="sample pairs")
     rows = pairs_from_samples(task, samples, task_cfg.pairing)
     scores = [task.score(p, t) for _, p, t, _ in samples.flat()]
-    stats = {"prompts": len(prompts), "samples": len(scores), "pairs": len(rows),
+    blank = sum(not t.strip() for _, _, t, _ in samples.flat())
+    stats = {"prompts": len(prompts), "samples": len(scores), "blank_samples": blank, "pairs": len(rows),
              "sample_gold_reward": sum(scores) / len(scores), "sampling_tokens_per_s": samples.tokens_per_s}
     return rows, stats
 
