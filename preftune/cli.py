@@ -1,0 +1,222 @@
+"""The `preftune` command line: sft, train, eval, generate, methods, verify, quickstart."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import textwrap
+from pathlib import Path
+
+OVERRIDE_HELP = ("Any config key can be overridden as --section.key=value, e.g. --train.lr=1e-5 "
+                 "--loss.dpo.beta=0.2 --model.name_or_path=/models/qwen. Valid keys:\n")
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def _overrides(parser: argparse.ArgumentParser, extras: list[str]) -> list[str]:
+    bad = [e for e in extras if not (e.startswith("--") and "=" in e)]
+    if bad:
+        parser.error(f"unrecognised arguments: {' '.join(bad)} (config overrides look like --train.lr=1e-5)")
+    return extras
+
+
+def _keys_epilog() -> str:
+    from preftune.config import valid_keys
+
+    return OVERRIDE_HELP + textwrap.fill(", ".join(valid_keys()), width=96, initial_indent="  ",
+                                         subsequent_indent="  ")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="preftune", description="Train generative models from preference feedback.")
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    for name, help_text in (("train", "train a policy on preference data with any registered objective"),
+                            ("sft", "supervised fine-tuning (the `sft` objective, no reference model)")):
+        p = sub.add_parser(name, help=help_text, description=help_text, epilog=_keys_epilog(),
+                           formatter_class=_Formatter)
+        p.add_argument("--config", type=Path, help="YAML recipe (see configs/); overrides apply on top")
+        p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CHECKPOINT",
+                       help="continue from the run's latest checkpoint, or from CHECKPOINT")
+
+    p = sub.add_parser("eval", help="evaluate a model on a built-in task: gold reward, win-rate, KL, length",
+                       description="Evaluate a model on the held-out prompts of a built-in task. The gold oracle "
+                                   "scores samples; --baseline adds a win-rate, --reference a KL estimate.")
+    p.add_argument("--model", required=True, help="model directory (save_pretrained) or hub id")
+    p.add_argument("--task", default="arithmetic", help="built-in task (default: arithmetic)")
+    p.add_argument("--baseline", help="model to compute the win-rate against (e.g. the SFT model)")
+    p.add_argument("--reference", help="model to estimate KL(policy || reference) against")
+    p.add_argument("--prompts", type=int, default=None, help="number of held-out prompts (default: all)")
+    p.add_argument("--samples", type=int, default=4, help="samples per prompt (default: 4)")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default: 1.0)")
+    p.add_argument("--max-new-tokens", type=int, default=16)
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--out", type=Path, help="write the metrics here as JSON (default: MODEL/../eval.json)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    p = sub.add_parser("generate", help="sample responses from a model",
+                       description="Sample responses to prompts from a model (KV-cached, batched).")
+    p.add_argument("--model", required=True, help="model directory (save_pretrained) or hub id")
+    p.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
+    p.add_argument("--prompts-file", type=Path, help="a file with one prompt per line")
+    p.add_argument("-n", "--num", type=int, default=1, help="responses per prompt (default: 1)")
+    p.add_argument("--temperature", type=float, default=1.0, help="0 for greedy decoding (default: 1.0)")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print one JSON object per prompt")
+
+    p = sub.add_parser("methods", help="list the registered methods",
+                       description="List every registered method with its catalogue seed, family, needs and status.")
+    p.add_argument("--json", action="store_true", help="print a JSON list of objects")
+
+    p = sub.add_parser("verify", help="check every method against exact tabular ground truth",
+                       description="Run each registered method's exact tabular check (closed-form optima, "
+                                   "equilibria, identities) and print a table; exits non-zero on a failure.")
+    p.add_argument("methods", nargs="*", metavar="METHOD", help="methods to check (default: all)")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+
+    p = sub.add_parser("quickstart", help="the whole job on the built-in tiny model: SFT, pairs, DPO, evaluation",
+                       description="Build the tiny model, SFT it on the arithmetic task, sample its own answers, "
+                                   "label pairs with the gold oracle, train DPO, evaluate and print a before/after "
+                                   "table. Pipeline keys can be overridden, e.g. --preference.loss=simpo "
+                                   "--preference.train.steps=100 --name=my-run.",
+                       formatter_class=_Formatter)
+    p.add_argument("--config", type=Path, help="pipeline recipe (default: configs/quickstart.yaml settings)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, extras = parser.parse_known_args(argv)
+    if args.version:
+        from preftune import __version__
+
+        print(__version__)
+        return 0
+    if args.command is None:
+        parser.print_help()
+        return 0
+    if args.command not in ("train", "sft", "quickstart"):
+        if extras:
+            parser.error(f"unrecognised arguments: {' '.join(extras)}")
+    handler = {"train": cmd_train, "sft": cmd_train, "eval": cmd_eval, "generate": cmd_generate,
+               "methods": cmd_methods, "verify": cmd_verify, "quickstart": cmd_quickstart}[args.command]
+    from preftune.config import ConfigError
+    from preftune.data.formats import DataError
+
+    try:
+        return handler(args, _overrides(parser, extras) if args.command in ("train", "sft", "quickstart") else [])
+    except (ConfigError, DataError, KeyError, ValueError, FileNotFoundError) as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"preftune {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def cmd_train(args, overrides: list[str]) -> int:
+    from preftune.config import load_config
+    from preftune.train.loop import train
+
+    base = {"loss": "sft", "reference": "none", "name": "sft"} if args.command == "sft" else None
+    cfg = load_config(args.config, overrides, base=base)
+    if args.command == "sft" and cfg.loss != "sft" and "sft" not in (cfg.loss if isinstance(cfg.loss, dict) else {}):
+        raise ValueError("`preftune sft` trains the sft objective; use `preftune train` for other losses")
+    run_dir = train(cfg, resume=args.resume)
+    summary = json.loads((run_dir / "train_summary.json").read_text())
+    print(f"trained {summary['objective']} for {summary['steps']} steps; model: {summary['model_dir']}")
+    print(f"run directory: {run_dir}")
+    return 0
+
+
+def cmd_eval(args, _) -> int:
+    from preftune.eval.task_eval import evaluate_on_task
+    from preftune.models import load_causal_lm, load_tokenizer
+    from preftune.tasks import get_task
+
+    task = get_task(args.task)
+    tokenizer = load_tokenizer(args.model)
+    model = load_causal_lm(args.model)
+    baseline = load_causal_lm(args.baseline) if args.baseline else None
+    reference = load_causal_lm(args.reference) if args.reference else None
+    metrics = evaluate_on_task(model, tokenizer, task, task.prompts("test", args.prompts), baseline=baseline,
+                               reference=reference, samples_per_prompt=args.samples, temperature=args.temperature,
+                               max_new_tokens=args.max_new_tokens, seed=args.seed, progress=not args.json)
+    metrics.update(model=args.model, task=args.task, baseline=args.baseline, reference=args.reference)
+    out = args.out or Path(args.model).resolve().parent / "eval.json"
+    if Path(args.model).exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(metrics, indent=1))
+    if args.json:
+        print(json.dumps(metrics, indent=1))
+    else:
+        for key, value in metrics.items():
+            print(f"{key:<20} {value:.4f}" if isinstance(value, float) else f"{key:<20} {value}")
+        if Path(args.model).exists():
+            print(f"written to {out}")
+    return 0
+
+
+def cmd_generate(args, _) -> int:
+    from preftune.models import load_causal_lm, load_tokenizer
+    from preftune.sampling import sample
+
+    prompts = list(args.prompt)
+    if args.prompts_file:
+        prompts += [line for line in args.prompts_file.read_text().splitlines() if line.strip()]
+    if not prompts:
+        raise ValueError("give at least one --prompt or a --prompts-file")
+    tokenizer, model = load_tokenizer(args.model), load_causal_lm(args.model)
+    samples = sample(model, tokenizer, prompts, args.num, args.temperature, args.top_p, args.max_new_tokens,
+                     seed=args.seed, progress=False)
+    for prompt, texts in zip(prompts, samples.texts):
+        if args.json:
+            print(json.dumps({"prompt": prompt, "responses": texts}))
+        else:
+            for text in texts:
+                print(f"{prompt}{text}")
+    return 0
+
+
+def cmd_methods(args, _) -> int:
+    from preftune.methods import all_methods
+
+    specs = all_methods()
+    if args.json:
+        print(json.dumps([s.as_dict() for s in specs], indent=1))
+        return 0
+    header = f"{'name':<14}{'seed':<16}{'family':<24}{'reference':<11}{'input':<11}{'status':<14}taxonomy"
+    print(header)
+    for s in specs:
+        tags = "; ".join(",".join(v) for v in s.taxonomy.values() if v)
+        print(f"{s.name:<14}{(s.seed or '-'):<16}{s.family:<24}{('yes' if s.needs_reference else 'no'):<11}"
+              f"{s.input_kind:<11}{s.status:<14}{tags}")
+    print(f"\n{len(specs)} methods; `preftune methods --json` gives hyperparameters, papers and checks")
+    return 0
+
+
+def cmd_verify(args, _) -> int:
+    from preftune.tabular.verify import run_verify
+
+    return run_verify(args.methods or None, args.json, sys.stdout)
+
+
+def cmd_quickstart(args, overrides: list[str]) -> int:
+    from preftune.pipeline import format_table, load_pipeline_config, run_pipeline
+
+    config = args.config
+    if config is None and Path("configs/quickstart.yaml").exists():
+        config = Path("configs/quickstart.yaml")
+    cfg = load_pipeline_config(config, overrides)
+    summary = run_pipeline(cfg, progress=not args.no_progress)
+    print()
+    print(format_table(summary))
+    print(f"\npreference pairs: {summary['preference_data']['task']['pairs']} from "
+          f"{summary['preference_data']['task']['prompts']} prompts; total time {summary['total_seconds']:.0f} s")
+    print(f"run directory: {summary['run_dir']} (summary.json, plots/, sft/, preference/)")
+    return 0

@@ -1,0 +1,1 @@
+"""Plots (matplotlib PNGs) and reports of runs."""
