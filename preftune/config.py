@@ -48,7 +48,7 @@ class TaskDataConfig:
     samples_per_prompt: int = 4          # on-policy samples per prompt, labelled by the gold oracle
     temperature: float = 1.0
     max_new_tokens: int = 16
-    pairing: str = "best-worst"          # best-worst | all
+    pairing: str = "best-worst"          # best-worst | all | listwise (all k samples with their scores)
 
 
 @dataclass
@@ -64,6 +64,8 @@ class DataConfig:
     max_prompt_length: int = 256
     truncation: str = "truncate"         # truncate | drop | error (counted in the summary)
     limit: int | None = None             # use at most this many rows
+    extra_columns: list[str] = field(default_factory=list)    # numeric columns passed to methods (e.g. margins)
+    extra_responses: list[str] = field(default_factory=list)  # text columns appended as responses (e.g. gold)
     task: TaskDataConfig = field(default_factory=TaskDataConfig)
 
 
@@ -93,6 +95,8 @@ class RunConfig:
     output_dir: str = "runs/{name}"
     model: ModelConfig = field(default_factory=ModelConfig)
     reference: str = "auto"              # auto | model | lora-disabled | none | a path or hub id
+    aux_models: dict = field(default_factory=dict)  # name -> path of frozen models whose log-probs a method
+                                                     # takes as the data extra of that name (e.g. guidance)
     loss: Union[str, dict] = "dpo"       # "dpo + 0.2*sft" or {dpo: {beta: 0.1}, sft: {weight: 0.2}}
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

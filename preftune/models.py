@@ -15,6 +15,8 @@ import torch
 from torch import nn
 
 BUILTIN_TINY = "builtin:tiny"
+# The tiny model after the quickstart's SFT stage, trained once and cached (see builtin_sft_path).
+BUILTIN_ARITHMETIC_SFT = "builtin:arithmetic-sft"
 SPECIAL_TOKENS = {"pad": "<|pad|>", "bos": "<|bos|>", "eos": "<|eos|>"}
 # A minimal chat template so chat-format data works with the tiny model as with real ones.
 TINY_CHAT_TEMPLATE = (
@@ -95,9 +97,31 @@ def resolve_dtype(name: str) -> torch.dtype:
     return dtypes[name]
 
 
+def builtin_sft_path() -> Path:
+    """Where `builtin:arithmetic-sft` is cached: $PREFTUNE_CACHE or ~/.cache/preftune."""
+    import os
+
+    root = Path(os.environ.get("PREFTUNE_CACHE", Path.home() / ".cache" / "preftune"))
+    return root / "arithmetic-sft" / "sft" / "model"
+
+
+def resolve_model_name(name_or_path: str) -> str:
+    """Map `builtin:arithmetic-sft` to its cached directory, training it first if needed (about a
+    minute on 2 cores: the quickstart's SFT stage); any other name is returned unchanged."""
+    if name_or_path != BUILTIN_ARITHMETIC_SFT:
+        return name_or_path
+    path = builtin_sft_path()
+    if not (path / "config.json").exists():
+        from preftune.pipeline import PipelineConfig, run_sft_stage
+
+        run_sft_stage(PipelineConfig(name="arithmetic-sft", output_dir=str(path.parent.parent.parent / "{name}")))
+    return str(path)
+
+
 def load_tokenizer(name_or_path: str):
     from transformers import AutoTokenizer
 
+    name_or_path = resolve_model_name(name_or_path)
     if name_or_path == BUILTIN_TINY:
         return build_tiny_tokenizer()
     tokenizer = AutoTokenizer.from_pretrained(name_or_path)
@@ -111,6 +135,7 @@ def load_causal_lm(name_or_path: str, dtype: str = "float32", seed: int = 0, tok
     """Load a causal LM from a local directory or hub id; `builtin:tiny` builds a fresh tiny model."""
     from transformers import AutoModelForCausalLM
 
+    name_or_path = resolve_model_name(name_or_path)
     if name_or_path == BUILTIN_TINY:
         model = build_tiny_model(tokenizer or build_tiny_tokenizer(), seed=seed)
         return model.to(resolve_dtype(dtype))

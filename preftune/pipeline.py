@@ -97,6 +97,29 @@ def stage_config(stage: RunConfig, cfg: PipelineConfig, model: str, name: str) -
     return from_dict(RunConfig, data)
 
 
+def run_sft_stage(cfg: PipelineConfig, progress: bool = True, log=print, timings: dict | None = None) -> str:
+    """Stages 1-2: build the base model (when built-in) and supervised fine-tuning; returns the SFT model path."""
+    from preftune.train.loop import train
+
+    started = time.perf_counter()
+    timings = {} if timings is None else timings
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    base = cfg.base_model
+    if base == BUILTIN_TINY:
+        log(f"[1/4] building the built-in tiny model -> {cfg.run_dir / 'base'}")
+        base = str(save_tiny_model(cfg.run_dir / "base", seed=cfg.sft.train.seed))
+    timings["base"] = time.perf_counter() - started
+    if cfg.skip_sft:
+        timings["sft"] = 0.0
+        return base
+    log("[2/4] supervised fine-tuning on task demonstrations")
+    sft_cfg = stage_config(cfg.sft, cfg, base, "sft")
+    sft_cfg.train.progress = progress
+    sft_model = str(train(sft_cfg) / "model")
+    timings["sft"] = time.perf_counter() - started - timings["base"]
+    return sft_model
+
+
 def run_pipeline(cfg: PipelineConfig, progress: bool = True, log=print) -> dict:
     """Run every stage and return the summary (also written to RUN_DIR/summary.json)."""
     from preftune.eval.task_eval import evaluate_on_task
@@ -109,19 +132,7 @@ def run_pipeline(cfg: PipelineConfig, progress: bool = True, log=print) -> dict:
     (run_dir / "pipeline.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     timings = {}
 
-    base = cfg.base_model
-    if base == BUILTIN_TINY:
-        log(f"[1/4] building the built-in tiny model -> {run_dir / 'base'}")
-        base = str(save_tiny_model(run_dir / "base", seed=cfg.sft.train.seed))
-    timings["base"] = time.perf_counter() - started
-
-    sft_model = base
-    if not cfg.skip_sft:
-        log("[2/4] supervised fine-tuning on task demonstrations")
-        sft_cfg = stage_config(cfg.sft, cfg, base, "sft")
-        sft_cfg.train.progress = progress
-        sft_model = str(train(sft_cfg) / "model")
-    timings["sft"] = time.perf_counter() - started - sum(timings.values())
+    sft_model = run_sft_stage(cfg, progress, log, timings)
 
     log(f"[3/4] preference training ({_describe_loss(cfg.preference.loss)}) on the SFT model's own samples, "
         f"labelled by the gold oracle")

@@ -73,3 +73,38 @@ def method_test_kinds(collected_method_markers) -> set[tuple[str, str]]:
 def method_marker_scanner():
     """The source-scan fallback, exposed so a test can check it agrees with collection."""
     return scan_method_markers
+
+
+# --------------------------------------------------------------------------- models for LM tests
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    """Keep builtin:arithmetic-sft and other caches out of the user's home during tests."""
+    import os
+
+    previous = os.environ.get("PREFTUNE_CACHE")
+    os.environ["PREFTUNE_CACHE"] = str(tmp_path_factory.mktemp("preftune-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("PREFTUNE_CACHE", None)
+    else:
+        os.environ["PREFTUNE_CACHE"] = previous
+
+
+@pytest.fixture(scope="session")
+def tiny_sft_model(tmp_path_factory) -> str:
+    """A tiny model briefly fine-tuned on arithmetic (300 SFT steps, ~15 s once per session): a stand-in
+    for builtin:arithmetic-sft in tests, good enough to sample non-trivial answers from."""
+    from preftune.config import load_config
+    from preftune.models import save_tiny_model
+    from preftune.train.loop import train
+
+    root = tmp_path_factory.mktemp("tiny-sft")
+    base = save_tiny_model(root / "base")
+    cfg = load_config(None, [
+        "--name=sft", f"--output_dir={root}/{{name}}", "--loss=sft", "--reference=none",
+        f"--model.name_or_path={base}", "--data.source=task:arithmetic", "--data.task.demonstrations=6400",
+        "--data.task.noise=0.1", "--data.max_length=32", "--data.max_prompt_length=16",
+        "--train.steps=300", "--train.batch_size=64", "--train.lr=1e-3", "--train.schedule=cosine",
+        "--train.progress=false"])
+    return str(train(cfg) / "model")

@@ -285,11 +285,16 @@ def _hh_reply_to_messages(reply: str, field_name: str) -> list[Message]:
 
 # --------------------------------------------------------------------------- rows to examples
 
-def row_to_example(row: dict, origin: str, kind: str = "auto", text_format: str = "auto") -> Example:
+def row_to_example(row: dict, origin: str, kind: str = "auto", text_format: str = "auto",
+                   extra_columns: tuple[str, ...] = (), extra_responses: tuple[str, ...] = ()) -> Example:
     """Validate one row and normalise it. Raises BadRow naming the field and the reason.
 
     text_format: "auto"/"text" keep strings as they are; "hh" turns HH-RLHF dialogue strings into
     chat messages (so a chat model's template is applied); "chat" requires message lists.
+    extra_columns: numeric per-example columns (a number, or a list with one number per
+    response) passed to the methods as data extras, e.g. reward-model margins.
+    extra_responses: text columns appended to the responses after chosen/rejected, e.g. a gold
+    response for TPO (response index 2).
     """
     kind = detect_kind(row) if kind == "auto" else kind
     if kind not in KINDS:
@@ -312,10 +317,29 @@ def row_to_example(row: dict, origin: str, kind: str = "auto", text_format: str 
             example = Example(_text(row, "prompt"), [_text(row, "completion")], kind)
     else:
         example = _listwise(row)
+    for name in extra_responses:
+        response = _text(row, name)
+        if isinstance(response, list) != example.is_chat:
+            raise BadRow("must be the same format (text or messages) as the other responses", name)
+        example.responses.append(response)
+    for name in extra_columns:
+        example.extras[name] = _number_or_numbers(row, name)
     example.origin = origin
     if text_format == "chat" and not example.is_chat:
         raise BadRow("data.format is 'chat' but the row holds plain text")
     return example
+
+
+def _number_or_numbers(row: dict, name: str) -> float | list[float]:
+    if name not in row or row[name] is None:
+        raise BadRow(f"missing field '{name}'")
+    value = row[name]
+    is_number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
+    if is_number(value):
+        return float(value)
+    if isinstance(value, list) and value and all(is_number(v) for v in value):
+        return [float(v) for v in value]
+    raise BadRow(f"must be a number or a list of numbers, got {type(value).__name__}", name)
 
 
 def _pairwise(row: dict, text_format: str) -> Example:
@@ -374,7 +398,8 @@ def reason_class(reason: str) -> str:
 
 
 def load_examples(source: Any, kind: str = "auto", text_format: str = "auto", on_bad_row: str = "error",
-                  split: str = "train", limit: int | None = None) -> tuple[list[Example], LoadReport]:
+                  split: str = "train", limit: int | None = None, extra_columns: tuple[str, ...] = (),
+                  extra_responses: tuple[str, ...] = ()) -> tuple[list[Example], LoadReport]:
     """Read and validate all rows of `source`; see the module docstring for the policy."""
     if on_bad_row not in ("error", "skip"):
         raise ValueError(f"on_bad_row must be 'error' or 'skip', got {on_bad_row!r}")
@@ -386,7 +411,8 @@ def load_examples(source: Any, kind: str = "auto", text_format: str = "auto", on
         try:
             if raw.error:
                 raise BadRow(raw.error)
-            example = row_to_example(raw.data, raw.origin, kind, text_format)
+            example = row_to_example(raw.data, raw.origin, kind, text_format, tuple(extra_columns),
+                                     tuple(extra_responses))
         except BadRow as bad:
             message = f"{raw.origin}: {bad.describe()}"
             if on_bad_row == "error":

@@ -31,8 +31,9 @@ def prepare_data(data_cfg, tokenizer, input_kind: str, seed: int = 0, source=Non
     source = data_cfg.source if source is None else source
     if source in ("", None):
         raise DataError("no training data: set data.source to a file, a datasets directory or hf:owner/name")
+    columns = dict(extra_columns=tuple(data_cfg.extra_columns), extra_responses=tuple(data_cfg.extra_responses))
     examples, report = load_examples(source, data_cfg.kind, data_cfg.format, data_cfg.on_bad_row,
-                                     data_cfg.split, data_cfg.limit)
+                                     data_cfg.split, data_cfg.limit, **columns)
     kind = examples[0].kind
     if kind not in COMPATIBLE[input_kind]:
         raise DataError(f"the objective takes {input_kind} data but {describe_source(source)} holds {kind} rows")
@@ -41,7 +42,7 @@ def prepare_data(data_cfg, tokenizer, input_kind: str, seed: int = 0, source=Non
     eval_examples = []
     if data_cfg.eval_source:
         eval_examples, _ = load_examples(data_cfg.eval_source, data_cfg.kind, data_cfg.format,
-                                         data_cfg.on_bad_row, data_cfg.split)
+                                         data_cfg.on_bad_row, data_cfg.split, **columns)
         if input_kind == "pointwise" and eval_examples[0].kind == "pairwise":
             eval_examples = pairs_to_unpaired(eval_examples)
     elif data_cfg.eval_fraction > 0:

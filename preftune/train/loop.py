@@ -78,6 +78,7 @@ def train(cfg: RunConfig, resume: str | bool | None = None, data_source=None,
                                objective.needs_reference, cfg.train.seed)
     if reference.frozen is not None:
         reference.frozen.to(accelerator.device)
+    aux_models = load_aux_models(cfg, objective, accelerator.device)
     trainable = [p for p in policy.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     warmup = int(cfg.train.warmup_ratio * plan.total_steps)
@@ -109,7 +110,8 @@ def train(cfg: RunConfig, resume: str | bool | None = None, data_source=None,
                 batch = collate([data.train[i] for i in indices], tokenizer.pad_token_id).to(accelerator.device)
                 tokens += batch.num_tokens
                 with accelerator.accumulate(policy):
-                    out, policy_logps = compute_objective(objective, policy, reference, batch, accelerator)
+                    out, policy_logps = compute_objective(objective, policy, reference, batch, accelerator,
+                                                         aux_models)
                     accelerator.backward(out.loss.mean())
                     if accelerator.sync_gradients:
                         grad_norm = clip_gradients(accelerator, policy, cfg.train.max_grad_norm)
@@ -128,7 +130,7 @@ def train(cfg: RunConfig, resume: str | bool | None = None, data_source=None,
                 save_checkpoint(accelerator, run_dir, step + 1, {"metrics": last}, cfg.train.keep_checkpoints)
             if cfg.train.eval_every and data.eval and (step + 1) % cfg.train.eval_every == 0:
                 logger.log(step + 1, evaluate_objective(objective, policy, reference, data, tokenizer, accelerator,
-                                                        cfg.train.batch_size))
+                                                        cfg.train.batch_size, aux_models))
             if on_step_end is not None:
                 on_step_end(step + 1, last)
     except KeyboardInterrupt:
@@ -147,7 +149,7 @@ def train(cfg: RunConfig, resume: str | bool | None = None, data_source=None,
 
     # --- held-out evaluation, final model and summary
     final_eval = evaluate_objective(objective, policy, reference, data, tokenizer, accelerator,
-                                    cfg.train.batch_size) if data.eval else {}
+                                    cfg.train.batch_size, aux_models) if data.eval else {}
     if final_eval:
         logger.log(plan.total_steps, final_eval)
     logger.close()
@@ -172,7 +174,8 @@ def materialize_task_data(cfg: RunConfig, objective: Objective, policy, tokenize
     from preftune.tasks.data import build_task_rows, write_jsonl
 
     task = get_task(cfg.data.source.split(":", 1)[1], **cfg.data.task.options)
-    kind = cfg.data.kind if cfg.data.kind != "auto" else ("sft" if objective.input_kind == "any" else "pairwise")
+    kind = cfg.data.kind if cfg.data.kind != "auto" else \
+        {"any": "sft", "listwise": "listwise"}.get(objective.input_kind, "pairwise")
     path = cfg.run_dir / "data" / f"{task.name}-{kind}.jsonl"
     stats = {}
     if accelerator.is_main_process:
@@ -186,14 +189,36 @@ def materialize_task_data(cfg: RunConfig, objective: Objective, policy, tokenize
     return str(path), stats
 
 
-def compute_objective(objective: Objective, policy, reference: Reference, batch, accelerator):
-    """Reference log-probs (no grad) and policy log-probs, then the method's per-example losses."""
+def load_aux_models(cfg: RunConfig, objective: Objective, device) -> dict:
+    """Frozen auxiliary models (e.g. TGDPO's guidance model) named in cfg.aux_models.
+
+    A method receives the log-probs of the batch under the auxiliary model as its data extra of
+    the same name, so every name must be one of the objective's declared extras.
+    """
+    unused = sorted(set(cfg.aux_models) - set(objective.extras))
+    if unused:
+        raise ValueError(f"aux_models {unused} are not data extras of {objective.describe()} "
+                         f"(its extras: {list(objective.extras) or 'none'})")
+    models = {}
+    for name, path in cfg.aux_models.items():
+        model = load_causal_lm(path, cfg.model.dtype, cfg.train.seed).to(device)
+        models[name] = model.eval().requires_grad_(False)
+    return models
+
+
+def compute_objective(objective: Objective, policy, reference: Reference, batch, accelerator,
+                      aux_models: dict | None = None):
+    """Reference and auxiliary log-probs (no grad), policy log-probs, then the per-example losses."""
     reference_logps = None
-    if objective.needs_reference:
-        with torch.no_grad(), accelerator.autocast(), reference.model(accelerator.unwrap_model) as ref_model:
-            reference_logps = sequence_logps(ref_model, batch, objective.needs_token_logps)
+    extras = dict(batch.extras)
+    with torch.no_grad(), accelerator.autocast():
+        if objective.needs_reference:
+            with reference.model(accelerator.unwrap_model) as ref_model:
+                reference_logps = sequence_logps(ref_model, batch, objective.needs_token_logps)
+        for name, model in (aux_models or {}).items():
+            extras[name] = sequence_logps(model, batch, objective.needs_token_logps)
     policy_logps = sequence_logps(policy, batch, objective.needs_token_logps)
-    out = objective(policy_logps, reference_logps, batch.extras)
+    out = objective(policy_logps, reference_logps, extras)
     return out, policy_logps
 
 
@@ -205,7 +230,8 @@ def clip_gradients(accelerator, policy, max_norm: float) -> float:
 
 
 @torch.no_grad()
-def evaluate_objective(objective, policy, reference, data, tokenizer, accelerator, batch_size: int) -> dict:
+def evaluate_objective(objective, policy, reference, data, tokenizer, accelerator, batch_size: int,
+                       aux_models: dict | None = None) -> dict:
     """Loss and metrics on the held-out examples (each process takes every W-th batch)."""
     policy.eval()
     stats = StepMetrics(data.kind)
@@ -217,7 +243,7 @@ def evaluate_objective(objective, policy, reference, data, tokenizer, accelerato
         position = accelerator.process_index * per_process + i
         start = starts[position] if position < len(starts) else starts[0]
         batch = collate(data.eval[start:start + batch_size], tokenizer.pad_token_id).to(accelerator.device)
-        out, policy_logps = compute_objective(objective, policy, reference, batch, accelerator)
+        out, policy_logps = compute_objective(objective, policy, reference, batch, accelerator, aux_models)
         stats.add(out, policy_logps, count=position < len(starts))
     policy.train()
     return {f"eval/{k}": v for k, v in stats.reduce(accelerator).items() if not math.isnan(v)}
