@@ -64,7 +64,8 @@ class DataConfig:
     max_prompt_length: int = 256
     truncation: str = "truncate"         # truncate | drop | error (counted in the summary)
     limit: int | None = None             # use at most this many rows
-    extra_columns: list[str] = field(default_factory=list)    # numeric columns passed to methods (e.g. margins)
+    extra_columns: list[Union[str, dict]] = field(default_factory=list)  # numeric columns passed to methods (e.g.
+    # margins); an entry {name: [column, ...]} stacks one column per response into one extra (B, K)
     extra_responses: list[str] = field(default_factory=list)  # text columns appended as responses (e.g. gold)
     task: TaskDataConfig = field(default_factory=TaskDataConfig)
 

@@ -286,13 +286,14 @@ def _hh_reply_to_messages(reply: str, field_name: str) -> list[Message]:
 # --------------------------------------------------------------------------- rows to examples
 
 def row_to_example(row: dict, origin: str, kind: str = "auto", text_format: str = "auto",
-                   extra_columns: tuple[str, ...] = (), extra_responses: tuple[str, ...] = ()) -> Example:
+                   extra_columns: tuple[ExtraColumn, ...] = (), extra_responses: tuple[str, ...] = ()) -> Example:
     """Validate one row and normalise it. Raises BadRow naming the field and the reason.
 
     text_format: "auto"/"text" keep strings as they are; "hh" turns HH-RLHF dialogue strings into
     chat messages (so a chat model's template is applied); "chat" requires message lists.
     extra_columns: numeric per-example columns (a number, or a list with one number per
-    response) passed to the methods as data extras, e.g. reward-model margins.
+    response) passed to the methods as data extras, e.g. reward-model margins; an entry may also
+    map an extra name to a column or to one column per response (`extra_column_sources`).
     extra_responses: text columns appended to the responses after chosen/rejected, e.g. a gold
     response for TPO (response index 2).
     """
@@ -322,12 +323,52 @@ def row_to_example(row: dict, origin: str, kind: str = "auto", text_format: str 
         if isinstance(response, list) != example.is_chat:
             raise BadRow("must be the same format (text or messages) as the other responses", name)
         example.responses.append(response)
-    for name in extra_columns:
-        example.extras[name] = _number_or_numbers(row, name)
+    for name, columns in extra_column_sources(extra_columns):
+        example.extras[name] = _extra_value(row, columns)
     example.origin = origin
     if text_format == "chat" and not example.is_chat:
         raise BadRow("data.format is 'chat' but the row holds plain text")
     return example
+
+
+ExtraColumn = Union[str, dict]
+
+
+def extra_column_sources(extra_columns: Iterable[ExtraColumn]) -> list[tuple[str, str | list[str]]]:
+    """(extra name, column or columns) pairs from the `data.extra_columns` entries.
+
+    An entry is a column name (the extra has the column's name and value), or a mapping from an
+    extra name to a column (a rename) or to a list of columns, one per response, stacked into one
+    per-response extra: {rm_scores: [chosen_score, rejected_score]} gives rm_scores = (B, 2).
+    """
+    sources: list[tuple[str, str | list[str]]] = []
+    for entry in extra_columns:
+        if isinstance(entry, str):
+            sources.append((entry, entry))
+        elif isinstance(entry, dict) and all(
+                isinstance(name, str) and (isinstance(columns, str) or (
+                    isinstance(columns, list) and columns and all(isinstance(c, str) for c in columns)))
+                for name, columns in entry.items()):
+            sources.extend(entry.items())
+        else:
+            raise DataError(f"data.extra_columns entry {entry!r} must be a column name or a mapping "
+                            "{extra_name: column} or {extra_name: [column per response, ...]}")
+    names = [name for name, _ in sources]
+    if len(set(names)) != len(names):
+        raise DataError(f"data.extra_columns names an extra twice: {names}")
+    return sources
+
+
+def _extra_value(row: dict, columns: str | list[str]) -> float | list:
+    """One column's number(s), or several columns stacked (one per response); stacked values must agree in shape."""
+    if isinstance(columns, str):
+        return _number_or_numbers(row, columns)
+    values = [_number_or_numbers(row, column) for column in columns]
+    shapes = {len(v) if isinstance(v, list) else None for v in values}
+    if len(shapes) > 1:
+        raise BadRow(f"columns {columns} are stacked into one extra and must all be numbers or lists of the "
+                     "same length", columns[0])
+    return values
 
 
 def _number_or_numbers(row: dict, name: str) -> float | list[float]:
@@ -398,11 +439,12 @@ def reason_class(reason: str) -> str:
 
 
 def load_examples(source: Any, kind: str = "auto", text_format: str = "auto", on_bad_row: str = "error",
-                  split: str = "train", limit: int | None = None, extra_columns: tuple[str, ...] = (),
+                  split: str = "train", limit: int | None = None, extra_columns: tuple[ExtraColumn, ...] = (),
                   extra_responses: tuple[str, ...] = ()) -> tuple[list[Example], LoadReport]:
     """Read and validate all rows of `source`; see the module docstring for the policy."""
     if on_bad_row not in ("error", "skip"):
         raise ValueError(f"on_bad_row must be 'error' or 'skip', got {on_bad_row!r}")
+    extra_column_sources(extra_columns)  # a malformed entry is a configuration error, not a bad row
     examples, report = [], LoadReport()
     for raw in read_rows(source, split):
         if limit is not None and report.kept >= limit:

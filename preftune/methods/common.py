@@ -30,3 +30,15 @@ def log_odds(mean_logp: Tensor, max_prob: float = 1 - 1e-7) -> Tensor:
 def response_nll(policy: Logps, index: int = 0) -> Tensor:
     """(B,) token-mean negative log-likelihood of one response per example (the SFT term)."""
     return -policy.mean[:, index]
+
+
+def score_margin(scores: Tensor, name: str) -> Tensor:
+    """Chosen-minus-rejected margin of per-response scores given as a data extra.
+
+    scores: (B, 2) or (B, 2, M) scores of the chosen (response 0) and rejected (response 1)
+    response under one or M reward models; returns (B,) or (B, M). `name` names the extra in errors.
+    """
+    if scores.dim() < 2 or scores.shape[1] != 2:
+        raise ValueError(f"data extra '{name}' must hold one score per response of the pair, shape (B, 2) or "
+                         f"(B, 2, M); got shape {tuple(scores.shape)}")
+    return scores[:, 0] - scores[:, 1]

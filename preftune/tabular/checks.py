@@ -19,6 +19,7 @@ are recomputed from the optimal policy, so a bug in the loss cannot hide itself.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Callable, Mapping, Sequence
 
 import torch
@@ -27,7 +28,7 @@ from torch import Tensor
 from preftune.methods.registry import CheckResult
 from preftune.records import Logps
 from preftune.tabular.bandit import DTYPE, Bandit, as_float64
-from preftune.tabular.expected import (LossFn, PolicyOptimum, method_loss, optimise_policy,
+from preftune.tabular.expected import (Dataset, LossFn, PolicyOptimum, method_loss, optimise_policy,
                                        optimise_two_response_policy, pairwise_dataset, reference_pair_sampling,
                                        single_pair_dataset)
 from preftune.tabular.preferences import PreferenceModel
@@ -95,7 +96,8 @@ def pair_optimum(loss: LossFn, p: float = PAIR_P, ref=PAIR_REF, lengths=PAIR_LEN
 def optimum_matches_reward(method: str, fn: Callable | None = None, *, params: Mapping, beta: float,
                            score: Callable[[Tensor], Tensor] | None = None, rewards=DEFAULT_REWARDS,
                            ref=DEFAULT_REF, lengths=DEFAULT_LENGTHS, flip_rate: float = 0.0,
-                           tolerance: float = 1e-9) -> CheckResult:
+                           tolerance: float = 1e-9, response_extras: Mapping[str, Tensor] | None = None,
+                           target=None) -> CheckResult:
     """The population optimum under Bradley-Terry labels recovers the reward: for every pair
     beta (s(Delta_i) - s(Delta_j)) = r_i - r_j, where beta s(Delta) is the method's implicit reward.
 
@@ -104,19 +106,35 @@ def optimum_matches_reward(method: str, fn: Callable | None = None, *, params: M
     flipped with probability flip_rate (a method robust to that noise must still recover the
     clean rewards); pairs are drawn from the reference; lengths are unequal so that a method
     normalising by length where it should not fails.
+
+    response_extras: per-response data columns, name -> (K, ...) values (e.g. reward-model scores);
+    each row receives the values of its own responses, (R, ...), as the data extra of that name.
+    target: the (K,) rewards the implicit reward must recover when they differ from the labels'
+    `rewards` (e.g. MODPO's weighted reward w_k r_k + w_-k r_-k); default `rewards`.
     """
     bandit = Bandit.create(ref, lengths)
     preferences = PreferenceModel.bradley_terry(rewards).with_label_noise(flip_rate)
-    data = pairwise_dataset(preferences, reference_pair_sampling(bandit))
+    data = with_response_extras(pairwise_dataset(preferences, reference_pair_sampling(bandit)), response_extras)
     optimum = optimise_policy(method_loss(method, fn, **params), bandit, data)
     implicit = beta * (log_ratio(bandit, optimum.logp) if score is None else score(log_ratio(bandit, optimum.logp)))
-    r = as_float64(rewards)
+    r = as_float64(rewards if target is None else target)
     i, j = torch.triu_indices(len(r), len(r), offset=1)
     noise = f", labels flipped at {flip_rate:g}" if flip_rate else ""
     lhs = "beta*(D_i-D_j)" if score is None else "beta*(s(D_i)-s(D_j))"
-    return compare_vectors(method, f"BT optimum {lhs} = r_i-r_j{noise}", r[i] - r[j],
+    rhs = "r_i-r_j" if target is None else "t_i-t_j (target t)"
+    return compare_vectors(method, f"BT optimum {lhs} = {rhs}{noise}", r[i] - r[j],
                            implicit[i] - implicit[j], tolerance,
                            labels=[f"{a},{b}" for a, b in zip(i.tolist(), j.tolist())])
+
+
+def with_response_extras(data: Dataset, response_extras: Mapping[str, Tensor] | None) -> Dataset:
+    """The dataset whose rows also carry per-response values: extra[name][m] = values[responses[m]]
+    (one prompt), e.g. each row's reward-model scores of its chosen and rejected responses."""
+    if not response_extras:
+        return data
+    extras = dict(data.extras)
+    extras.update({name: as_float64(values)[data.responses] for name, values in response_extras.items()})
+    return replace(data, extras=extras)
 
 
 def optimum_is_policy(method: str, prop: str, expected_probs: Tensor, optimum: PolicyOptimum,
@@ -185,5 +203,5 @@ __all__ = [
     "compare", "compare_vectors", "grid", "hinge_properties", "log_ratio", "loss_and_gradient",
     "losses_at_log_ratio_margins",
     "method_loss", "optimum_is_policy", "optimum_matches_reward", "pair_log_ratio_margin", "pair_logp_margin",
-    "pair_optimum",
+    "pair_optimum", "with_response_extras",
 ]
