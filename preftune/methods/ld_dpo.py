@@ -68,10 +68,11 @@ def ld_dpo_tabular_check(fn=ld_dpo):
     from preftune.tabular.expected import minimise
     from preftune.tabular.tokens import TokenLM
 
-    lm, beta, p = TokenLM(vocab_size=5, max_length=6), 0.5, 0.8
+    lm, beta, p = TokenLM(vocab_size=5, max_length=5), 0.5, 0.8
     long, short = (3, 1, 4, 2), (1, 2)  # 5 and 3 response tokens
     ref_tables = lm.random_tables(torch.Generator().manual_seed(1))
     rows, weights = [[long, short], [short, long]], torch.tensor([p, 1 - p], dtype=DTYPE)
+    reference = lm.records(ref_tables, rows)
 
     def ld_margin(tables: Tensor, alpha: float) -> float:
         # The check's own LD log-ratio, written from the definition (not from the method's helpers).
@@ -84,7 +85,7 @@ def ld_dpo_tabular_check(fn=ld_dpo):
     results = []
     for alpha in (0.5, 0.0):
         def expected_loss(tables: Tensor) -> Tensor:
-            loss = fn(lm.records(tables, rows), lm.records(ref_tables, rows), beta=beta, alpha=alpha).loss
+            loss = fn(lm.records(tables, rows), reference, beta=beta, alpha=alpha).loss
             return (weights * loss).sum()
 
         found = minimise(expected_loss, ref_tables.clone())
