@@ -128,6 +128,10 @@ def cmd_train(args, overrides: list[str]) -> int:
     if args.command == "sft" and cfg.loss != "sft" and "sft" not in (cfg.loss if isinstance(cfg.loss, dict) else {}):
         raise ValueError("`preftune sft` trains the sft objective; use `preftune train` for other losses")
     run_dir = train(cfg, resume=args.resume)
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:  # one report per distributed run
+        return 0
     summary = json.loads((run_dir / "train_summary.json").read_text())
     print(f"trained {summary['objective']} for {summary['steps']} steps; model: {summary['model_dir']}")
     print(f"run directory: {run_dir}")

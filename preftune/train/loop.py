@@ -35,8 +35,10 @@ def make_accelerator(cfg: RunConfig):
 
     if cfg.train.mixed_precision not in ("no", "bf16"):
         raise ValueError(f"train.mixed_precision must be 'no' or 'bf16', got {cfg.train.mixed_precision!r}")
-    return Accelerator(mixed_precision=cfg.train.mixed_precision,
-                       gradient_accumulation_steps=cfg.train.grad_accum)
+    # Without a GPU, accelerate only forms a multi-process (gloo) group under torchrun when told
+    # to run on the CPU explicitly.
+    return Accelerator(mixed_precision=cfg.train.mixed_precision, gradient_accumulation_steps=cfg.train.grad_accum,
+                       cpu=not torch.cuda.is_available())
 
 
 def train(cfg: RunConfig, resume: str | bool | None = None, data_source=None,
@@ -94,14 +96,14 @@ def train(cfg: RunConfig, resume: str | bool | None = None, data_source=None,
     if checkpoint is not None:
         start_step = load_checkpoint(accelerator, checkpoint)["step"]
         if main:
-            truncate_metrics(run_dir, start_step - 1)
+            truncate_metrics(run_dir, start_step)
     elif main and (run_dir / "metrics.jsonl").exists():
         (run_dir / "metrics.jsonl").unlink()
 
     logger = MetricsLogger(run_dir, enabled=main)
     bar = tqdm(total=plan.total_steps, initial=start_step, disable=not (main and cfg.train.progress),
                desc=f"train {objective.describe()}", dynamic_ncols=True, mininterval=0.5)
-    step, last = start_step, {}
+    completed, last = start_step, {}
     try:
         for step in range(start_step, plan.total_steps):
             started = time.perf_counter()
@@ -119,6 +121,7 @@ def train(cfg: RunConfig, resume: str | bool | None = None, data_source=None,
                         scheduler.step()
                         optimizer.zero_grad()
                 stats.add(out, policy_logps)
+            completed = step + 1
             last = stats.reduce(accelerator)
             last.update(grad_norm=grad_norm, lr=scheduler.get_last_lr()[0], epoch=plan.epoch_of(step + 1),
                         tokens_per_s=tokens * accelerator.num_processes / (time.perf_counter() - started))
@@ -135,7 +138,6 @@ def train(cfg: RunConfig, resume: str | bool | None = None, data_source=None,
                 on_step_end(step + 1, last)
     except KeyboardInterrupt:
         # Nothing is lost: the last completed step is saved, and `--resume` continues from it.
-        completed = step if step < plan.total_steps else plan.total_steps
         optimizer.zero_grad()
         if completed > start_step:
             path = save_checkpoint(accelerator, run_dir, completed, {"metrics": last, "interrupted": True},
@@ -144,6 +146,7 @@ def train(cfg: RunConfig, resume: str | bool | None = None, data_source=None,
                 print(f"\ninterrupted: saved {path}; continue with --resume")
         bar.close()
         logger.close()
+        release_accelerator()
         raise
     bar.close()
 
@@ -161,7 +164,17 @@ def train(cfg: RunConfig, resume: str | bool | None = None, data_source=None,
                    "data": {**data.summary(), **({"task": task_stats} if task_stats else {})}, "model_dir": str(run_dir / "model")}
         (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=1))
     accelerator.wait_for_everyone()
+    release_accelerator()
     return run_dir
+
+
+def release_accelerator() -> None:
+    """Forget this run's accelerate settings (mixed precision, accumulation) so that a later
+    `train` in the same process may use others; the process group itself is kept."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
 
 
 def materialize_task_data(cfg: RunConfig, objective: Objective, policy, tokenizer, accelerator):
