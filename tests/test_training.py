@@ -160,9 +160,9 @@ def test_lora_uses_the_policy_with_adapters_disabled_as_reference(tiny_sft_model
         assert torch.allclose(base(ids).logits, adapted(ids).logits)
 
 
-def test_bf16_mixed_precision_trains(tiny_sft_model, pairs_file, tmp_path):
+def test_bf16_precision_trains(tiny_sft_model, pairs_file, tmp_path):
     run_dir = train(config(tmp_path, tiny_sft_model, pairs_file, "--name=bf16", "--train.steps=2",
-                           "--train.mixed_precision=bf16"))
+                           "--train.precision=bf16"))
     assert all(math.isfinite(m["loss"]) for m in metrics(run_dir))
 
 

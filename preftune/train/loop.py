@@ -33,11 +33,12 @@ from preftune.train.schedules import lr_multiplier
 def make_accelerator(cfg: RunConfig):
     from accelerate import Accelerator
 
-    if cfg.train.mixed_precision not in ("no", "bf16"):
-        raise ValueError(f"train.mixed_precision must be 'no' or 'bf16', got {cfg.train.mixed_precision!r}")
+    precisions = {"fp32": "no", "bf16": "bf16"}
+    if cfg.train.precision not in precisions:
+        raise ValueError(f"train.precision must be 'fp32' or 'bf16', got {cfg.train.precision!r}")
     # Without a GPU, accelerate only forms a multi-process (gloo) group under torchrun when told
     # to run on the CPU explicitly.
-    return Accelerator(mixed_precision=cfg.train.mixed_precision, gradient_accumulation_steps=cfg.train.grad_accum,
+    return Accelerator(mixed_precision=precisions[cfg.train.precision], gradient_accumulation_steps=cfg.train.grad_accum,
                        cpu=not torch.cuda.is_available())
 
 
