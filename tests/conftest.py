@@ -78,12 +78,13 @@ def method_marker_scanner():
 # --------------------------------------------------------------------------- models for LM tests
 
 @pytest.fixture(scope="session", autouse=True)
-def _isolated_cache(tmp_path_factory):
-    """Keep builtin:arithmetic-sft and other caches out of the user's home during tests."""
+def _isolated_cache():
+    """Keep builtin:arithmetic-sft out of the user's home during tests: a cache beside the tests
+    (git-ignored), reused across sessions and keyed by the SFT settings' fingerprint."""
     import os
 
     previous = os.environ.get("PREFTUNE_CACHE")
-    os.environ["PREFTUNE_CACHE"] = str(tmp_path_factory.mktemp("preftune-cache"))
+    os.environ["PREFTUNE_CACHE"] = str(TESTS_DIR.parent / ".pytest_cache" / "preftune")
     yield
     if previous is None:
         os.environ.pop("PREFTUNE_CACHE", None)
@@ -93,8 +94,8 @@ def _isolated_cache(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_sft_model(_isolated_cache) -> str:
-    """builtin:arithmetic-sft, trained once per session into the test cache (the quickstart's SFT
-    stage, ~40 s on 2 cores): a tiny model that answers about 80% of held-out sums greedily."""
+    """builtin:arithmetic-sft, trained once into the test cache (the quickstart's SFT stage, ~40 s
+    on 2 cores) and reused: a tiny model that answers about 80% of held-out sums greedily."""
     from preftune.models import BUILTIN_ARITHMETIC_SFT, resolve_model_name
 
     return resolve_model_name(BUILTIN_ARITHMETIC_SFT)

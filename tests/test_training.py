@@ -177,3 +177,17 @@ def test_metrics_cover_what_users_watch(tiny_sft_model, pairs_file, tmp_path):
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     summary = json.loads((run_dir / "train_summary.json").read_text())
     assert summary["data"]["train_examples"] == 72 and summary["data"]["eval_examples"] == 24
+
+
+def test_sigterm_saves_the_last_completed_step(tiny_sft_model, pairs_file, tmp_path):
+    import signal
+
+    def terminate_at_step_two(step, _):
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    cfg = config(tmp_path, tiny_sft_model, pairs_file, "--name=term", "--train.steps=4")
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, on_step_end=terminate_at_step_two)
+    assert [p.name for p in list_checkpoints(cfg.run_dir)] == ["step-0000002"]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is removed again
