@@ -503,3 +503,14 @@ def test_rpo_equals_the_dpo_plus_sft_objective(alpha):
     if alpha == 1.0:  # the string form of the same objective, with default betas on both sides
         torch.testing.assert_close(call("rpo", policy, reference).loss,
                                    build_objective("dpo + 1*sft")(policy, reference).loss, rtol=0, atol=1e-15)
+
+
+@pytest.mark.method("discopop", "value")
+def test_discopop_stays_finite_for_extreme_margins_in_float32():
+    # g e^-h is computed as exp(log g - h): at h = -200 (float32) exp(200) overflows while g underflows.
+    h = torch.tensor([-4000.0, -200.0, 0.0, 200.0], dtype=torch.float32)
+    policy = Logps(sum=torch.stack([h, torch.zeros_like(h)], -1).requires_grad_(True), length=torch.ones(4, 2))
+    loss = get("discopop").fn(policy, Logps(sum=torch.zeros(4, 2), length=torch.ones(4, 2)), beta=1.0).loss
+    loss.sum().backward()
+    assert torch.isfinite(loss).all() and torch.isfinite(policy.sum.grad).all()
+    assert loss[1].item() == pytest.approx(200.0, rel=1e-6)  # gate 0: the logistic loss l(-200) = 200

@@ -21,7 +21,7 @@ _TAXONOMY = taxonomy(["pairwise"], ["offline"], ["fixed-reference", "anchored-po
                      ["likelihood"])
 
 
-@register(name="apo_zero", seed=None, family="offline-pairwise-anchored", input_kind="pairwise",
+@register(name="apo_zero", seed=None, family="offline-anchored", input_kind="pairwise",
           needs_reference=True, status="stable", paper=_PAPER, taxonomy=_TAXONOMY)
 def apo_zero(policy: Logps, reference: Logps, *, beta: float = 0.1) -> MethodOutput:
     """Anchored PO, zero anchor (APO-zero; not the accelerated `apo`): raise the chosen, lower the rejected likelihood.
@@ -37,7 +37,7 @@ def apo_zero(policy: Logps, reference: Logps, *, beta: float = 0.1) -> MethodOut
     return MethodOutput(loss, rewards, pairwise_metrics(rewards[:, 0], rewards[:, 1]))
 
 
-@register(name="apo_down", seed=None, family="offline-pairwise-anchored", input_kind="pairwise",
+@register(name="apo_down", seed=None, family="offline-anchored", input_kind="pairwise",
           needs_reference=True, status="stable", paper=_PAPER, taxonomy=_TAXONOMY)
 def apo_down(policy: Logps, reference: Logps, *, beta: float = 0.1) -> MethodOutput:
     """Anchored PO, down anchor (APO-down; not the accelerated `apo`): lower both likelihoods, the rejected more.

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from preftune.methods.common import log_ratios, neg_log_sigmoid
 from preftune.methods.registry import register, tabular_check, taxonomy
@@ -28,7 +29,9 @@ def discopop(policy: Logps, reference: Logps, *, beta: float = 0.05, tau: float 
     rewards = beta * log_ratios(policy, reference)
     h = rewards[:, 0] - rewards[:, 1]
     gate = torch.sigmoid(h / tau)
-    loss = (1 - gate) * neg_log_sigmoid(h) + gate * torch.exp(-h)
+    # g * exp(-h) as exp(log g - h): for a very negative margin exp(-h) overflows while g underflows,
+    # and their product (about exp(h (1/tau - 1)) -> 0) would come out as 0 * inf = nan.
+    loss = torch.sigmoid(-h / tau) * neg_log_sigmoid(h) + torch.exp(F.logsigmoid(h / tau) - h)
     metrics = pairwise_metrics(rewards[:, 0], rewards[:, 1])
     metrics["gate"] = gate
     return MethodOutput(loss, rewards, metrics)

@@ -17,9 +17,9 @@ from preftune.records import Logps, MethodOutput, pairwise_metrics
 def nca_pair(policy: Logps, reference: Logps, *, beta: float = 0.01) -> MethodOutput:
     """Noise-contrastive classification of each response on its own absolute reward r = beta * Delta.
 
-    The NCA loss of §4 for K responses with target weights w_i (softmax of the rewards over the
-    responses) is  -sum_i [w_i log sigmoid(r_i) + (1/K) log sigmoid(-r_i)]; pairwise preference
-    data is K = 2 with w = (1, 0) for (chosen, rejected), which gives
+    The NCA loss of §4 for K responses with explicit rewards s_i and target weights
+    w_i = softmax(s / alpha)_i is  -sum_i [w_i log sigmoid(r_i) + (1/K) log sigmoid(-r_i)]; pairwise
+    preference data is K = 2 with w = (1, 0) for (chosen, rejected), which gives
         L = l(r_w) + l(-r_w)/2 + l(-r_l)/2,   l(z) = -log sigmoid(z).
     Unlike DPO it is not a function of r_w - r_l alone: each reward is pulled towards an absolute
     level, which keeps the chosen likelihood from falling (the paper's §4 claim). At pi = pi_ref its

@@ -1,4 +1,12 @@
-"""WPO: weighted preference optimisation (Zhou et al., EMNLP 2024, arXiv 2406.11827)."""
+"""WPO: weighted preference optimisation (Zhou et al., EMNLP 2024, arXiv 2406.11827).
+
+Registered as its own method, weighted DPO, which is the paper's main objective and what the
+authors' code trains. The weight itself is the public function `wpo_weights`, so a method file
+that wants a weighted variant of another pairwise loss multiplies it in with one line. It is
+deliberately not a generic objective-level switch: reweighting pairs moves a loss's population
+optimum whenever the preferences are not Bradley-Terry, so each weighted loss needs its own
+tabular check, which a registered method carries and a switch would not.
+"""
 from __future__ import annotations
 
 import torch
@@ -35,8 +43,8 @@ def wpo(policy: Logps, reference: Logps, *, beta: float = 0.01, label_smoothing:
     The paper's weighted objective (§3): L = w(x, y_w) w(x, y_l) * [(1-e) l(h) + e l(-h)],
     h = beta (Delta_w - Delta_l), l(z) = -log sigmoid(z), with the detached weights of `wpo_weights`,
     i.e. the length-normalised form of the paper's weight (see `reconstructed` for the alignment
-    step left out). A weighting of the DPO loss rather than a new loss: a pair that the current
-    policy would itself generate counts fully, a pair it would never produce counts little.
+    step left out). A weighting of the DPO loss rather than a new loss: a pair the current policy
+    finds likely counts more than one it would never produce.
     beta: 0.01, the authors' configs (Mistral-base, Llama-3-Instruct); label_smoothing (e): 0, as
     cDPO. Metrics: weight besides margin/accuracy. Shapes: (B, 2) in, (B,) loss.
     """
