@@ -26,8 +26,8 @@ def bco_pair(policy: Logps, reference: Logps, *, beta: float = 0.1, reward_shift
     - inside a training objective, `state` is a RunningMean kept across batches and processes and
       checkpointed (methods/state.py); the current batch is added before it is used;
     - called without a state (unit tests, the tabular engine), delta is this batch's mean reward;
-    - reward_shift: a fixed delta instead (0 is the unshifted classifier of the paper's Eq. for BCE).
-    beta: 0.1. Metrics: reward_shift (delta) besides margin/accuracy. Shapes: (B, 2) in, (B,) loss.
+    - reward_shift: a fixed delta instead (0 gives the plain binary cross-entropy, before the shift).
+    beta: 0.1 (the value of public implementations; the paper's own could not be read). Metrics: reward_shift (delta) besides margin/accuracy. Shapes: (B, 2) in, (B,) loss.
     """
     rewards = beta * log_ratios(policy, reference)
     if reward_shift is not None:
