@@ -11,7 +11,7 @@ from preftune.methods.registry import (CheckResult, MethodSpec, all_methods, get
 from preftune.methods.objective import Objective, build_objective
 
 for _module in pkgutil.iter_modules(__path__):
-    if _module.name not in ("registry", "objective", "common"):
+    if _module.name not in ("registry", "objective", "common", "state"):
         importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = ["CheckResult", "MethodSpec", "Objective", "all_methods", "build_objective", "get",

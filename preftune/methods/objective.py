@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from torch import Tensor
 
-from preftune.methods.registry import MethodSpec, get
+from preftune.methods.registry import STATE_ARGUMENT, MethodSpec, get
 from preftune.records import Logps, MethodOutput
 
 
@@ -16,13 +17,16 @@ class Term:
     spec: MethodSpec
     weight: float = 1.0
     params: dict[str, Any] = field(default_factory=dict)
+    state: Any = None  # the running state of a stateful method (methods/state.py), one per term
 
 
 class Objective:
     """The training objective: sum_i weight_i * method_i(...), per example.
 
     It tells the trainer what to compute (reference log-probs, per-token log-probs, data
-    extras) as the union of what its terms declared.
+    extras) as the union of what its terms declared. It also owns the running state of its
+    stateful terms (methods/state.py) and exposes it to the trainer for syncing, freezing
+    during evaluation and checkpointing (`state_dict` / `load_state_dict`, as accelerate expects).
     """
 
     def __init__(self, terms: list[Term]):
@@ -33,6 +37,9 @@ class Objective:
             raise ValueError("cannot combine methods that take different data kinds: " +
                              ", ".join(f"{t.spec.name} ({t.spec.input_kind})" for t in terms))
         self.terms = terms
+        for term in terms:
+            if term.state is None and term.spec.state_factory is not None:
+                term.state = term.spec.state_factory()
         self.input_kind = kinds.pop() if kinds else "any"
         self.needs_reference = any(t.spec.needs_reference for t in terms)
         self.needs_token_logps = any(t.spec.needs_token_logps for t in terms)
@@ -41,6 +48,44 @@ class Objective:
     @property
     def names(self) -> list[str]:
         return [t.spec.name for t in self.terms]
+
+    # -- running state of stateful terms ------------------------------------------------------
+
+    @property
+    def has_state(self) -> bool:
+        return any(t.state is not None for t in self.terms)
+
+    def _stateful(self) -> list[tuple[str, Any]]:
+        return [(f"{i}:{t.spec.name}", t.state) for i, t in enumerate(self.terms) if t.state is not None]
+
+    def sync_state(self, sync: Callable[[Tensor], Tensor]) -> None:
+        """Make every state sum its per-batch statistics over processes with `sync` (e.g. an all-reduce)."""
+        for _, state in self._stateful():
+            state.sync = sync
+
+    @contextmanager
+    def frozen_state(self) -> Iterator[None]:
+        """Inside the block the states are read but never updated (evaluation)."""
+        states = [state for _, state in self._stateful()]
+        previous = [state.frozen for state in states]
+        for state in states:
+            state.frozen = True
+        try:
+            yield
+        finally:
+            for state, was in zip(states, previous):
+                state.frozen = was
+
+    def state_dict(self) -> dict[str, Any]:
+        return {key: state.state_dict() for key, state in self._stateful()}
+
+    def load_state_dict(self, saved: Mapping[str, Any]) -> None:
+        stateful = dict(self._stateful())
+        if set(saved) != set(stateful):
+            raise ValueError(f"checkpoint holds running state for {sorted(saved)}, "
+                             f"objective {self.describe()} has {sorted(stateful)}")
+        for key, state in stateful.items():
+            state.load_state_dict(saved[key])
 
     def describe(self) -> str:
         return " + ".join((f"{t.weight:g}*" if t.weight != 1 else "") + t.spec.name +
@@ -59,7 +104,8 @@ class Objective:
         total, rewards, metrics = None, None, {}
         for term in self.terms:
             args = (policy, reference) if term.spec.needs_reference else (policy,)
-            out = term.spec.fn(*args, **{e: extras[e] for e in term.spec.extras}, **term.params)
+            running = {STATE_ARGUMENT: term.state} if term.state is not None else {}
+            out = term.spec.fn(*args, **{e: extras[e] for e in term.spec.extras}, **term.params, **running)
             weighted = term.weight * out.loss
             total = weighted if total is None else total + weighted
             rewards = out.rewards if rewards is None else rewards

@@ -16,6 +16,8 @@ INPUT_KINDS = ("pairwise", "pointwise", "listwise", "any")
 STATUSES = ("stable", "experimental")
 # The four axes of "A Survey of DPO" (Liu et al. 2025, offline.md §18).
 TAXONOMY_AXES = ("data_strategy", "learning_framework", "constraint_mechanism", "model_property")
+# The keyword argument through which a stateful method receives its running state (methods/state.py).
+STATE_ARGUMENT = "state"
 
 
 @dataclass
@@ -53,13 +55,18 @@ class MethodSpec:
     paper: str
     reconstructed: str | None = None
     no_check_reason: str | None = None
+    state_factory: Callable[[], Any] | None = None  # running state across batches (methods/state.py)
     check: Callable[..., list[CheckResult]] | None = field(default=None, repr=False)
 
     @property
     def hyperparameters(self) -> dict[str, Any]:
-        """Keyword-only arguments with defaults: the method's tunable knobs and their defaults."""
+        """Keyword-only arguments with defaults: the method's tunable knobs and their defaults.
+
+        A stateful method's `state` argument is filled by the objective, never by a config.
+        """
         return {p.name: p.default for p in inspect.signature(self.fn).parameters.values()
-                if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is not inspect.Parameter.empty}
+                if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is not inspect.Parameter.empty
+                and not (self.state_factory is not None and p.name == STATE_ARGUMENT)}
 
     @property
     def summary(self) -> str:
@@ -87,6 +94,7 @@ class MethodSpec:
             "status": self.status,
             "paper": self.paper,
             "reconstructed": self.reconstructed,
+            "running_state": self.state_factory is not None,
             "tabular_check": "yes" if self.check else f"none: {self.no_check_reason}",
             "summary": self.summary,
         }
@@ -102,8 +110,13 @@ _REGISTRY: dict[str, MethodSpec] = {}
 def register(*, name: str, seed: str | None, family: str, input_kind: str, needs_reference: bool,
              taxonomy: dict[str, list[str]], paper: str, status: str = "experimental",
              needs_token_logps: bool = False, extras: tuple[str, ...] = (),
-             reconstructed: str | None = None, no_check_reason: str | None = None):
-    """Decorator that adds a method function to the registry (see the module docstring)."""
+             reconstructed: str | None = None, no_check_reason: str | None = None,
+             state: Callable[[], Any] | None = None):
+    """Decorator that adds a method function to the registry (see the module docstring).
+
+    state: a factory for the method's running state across batches (methods/state.py); the
+    function then takes a keyword-only argument `state=None`, filled by the objective.
+    """
 
     def decorate(fn: Callable) -> Callable:
         if name in _REGISTRY:
@@ -124,11 +137,15 @@ def register(*, name: str, seed: str | None, family: str, input_kind: str, needs
         if required != set(extras):
             raise TypeError(f"method '{name}': keyword-only arguments without defaults {sorted(required)} "
                             f"must be exactly the declared extras {sorted(extras)}")
+        if state is not None and not any(p.name == STATE_ARGUMENT and p.kind is inspect.Parameter.KEYWORD_ONLY
+                                         and p.default is None for p in params):
+            raise TypeError(f"method '{name}' declares a running state, so it must take a keyword-only "
+                            f"argument `{STATE_ARGUMENT}=None`")
         _REGISTRY[name] = MethodSpec(
             name=name, fn=fn, seed=seed, family=family, input_kind=input_kind,
             needs_reference=needs_reference, needs_token_logps=needs_token_logps, extras=tuple(extras),
             taxonomy=taxonomy, status=status, paper=paper, reconstructed=reconstructed,
-            no_check_reason=no_check_reason)
+            no_check_reason=no_check_reason, state_factory=state)
         return fn
 
     return decorate

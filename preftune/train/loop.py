@@ -91,6 +91,11 @@ def train(cfg: RunConfig, resume: str | bool | None = None, data_source=None,
     # process), and registered so that checkpoints hold its state.
     policy, optimizer = accelerator.prepare(policy, optimizer)
     accelerator.register_for_checkpointing(scheduler)
+    if objective.has_state:
+        # Running statistics of stateful methods (BCO's reward shift): the same value on every
+        # process, and saved with the checkpoint so that --resume continues them.
+        objective.sync_state(lambda stats: accelerator.reduce(stats, reduction="sum"))
+        accelerator.register_for_checkpointing(objective)
 
     start_step = 0
     checkpoint = resolve_resume(run_dir, resume)
@@ -251,19 +256,23 @@ def clip_gradients(accelerator, policy, max_norm: float) -> float:
 @torch.no_grad()
 def evaluate_objective(objective, policy, reference, data, tokenizer, accelerator, batch_size: int,
                        aux_models: dict | None = None) -> dict:
-    """Loss and metrics on the held-out examples (each process takes every W-th batch)."""
+    """Loss and metrics on the held-out examples (each process takes every W-th batch).
+
+    Running states of stateful methods are read, never updated, by held-out batches.
+    """
     policy.eval()
     stats = StepMetrics(data.kind)
     starts = list(range(0, len(data.eval), batch_size))
     # Every process runs the same number of forwards (collectives must match); a process whose
     # share ran out repeats the first batch and does not count it.
     per_process = math.ceil(len(starts) / accelerator.num_processes)
-    for i in range(per_process):
-        position = accelerator.process_index * per_process + i
-        start = starts[position] if position < len(starts) else starts[0]
-        batch = collate(data.eval[start:start + batch_size], tokenizer.pad_token_id).to(accelerator.device)
-        out, policy_logps = compute_objective(objective, policy, reference, batch, accelerator, aux_models)
-        stats.add(out, policy_logps, count=position < len(starts))
+    with objective.frozen_state():
+        for i in range(per_process):
+            position = accelerator.process_index * per_process + i
+            start = starts[position] if position < len(starts) else starts[0]
+            batch = collate(data.eval[start:start + batch_size], tokenizer.pad_token_id).to(accelerator.device)
+            out, policy_logps = compute_objective(objective, policy, reference, batch, accelerator, aux_models)
+            stats.add(out, policy_logps, count=position < len(starts))
     policy.train()
     return {f"eval/{k}": v for k, v in stats.reduce(accelerator).items() if not math.isnan(v)}
 
