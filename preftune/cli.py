@@ -90,6 +90,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_libraries() -> None:
+    """Our own progress bars say what runs; transformers' per-file load/save bars only add noise."""
+    import os
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extras = parser.parse_known_args(argv)
@@ -101,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    _quiet_libraries()
     if args.command not in ("train", "sft", "quickstart"):
         if extras:
             parser.error(f"unrecognised arguments: {' '.join(extras)}")
@@ -128,6 +144,10 @@ def cmd_train(args, overrides: list[str]) -> int:
     if args.command == "sft" and cfg.loss != "sft" and "sft" not in (cfg.loss if isinstance(cfg.loss, dict) else {}):
         raise ValueError("`preftune sft` trains the sft objective; use `preftune train` for other losses")
     run_dir = train(cfg, resume=args.resume)
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:  # one report per distributed run
+        return 0
     summary = json.loads((run_dir / "train_summary.json").read_text())
     print(f"trained {summary['objective']} for {summary['steps']} steps; model: {summary['model_dir']}")
     print(f"run directory: {run_dir}")

@@ -81,7 +81,7 @@ class TrainConfig:
     warmup_ratio: float = 0.1
     schedule: str = "linear"             # linear | cosine | constant (after warmup)
     max_grad_norm: float = 1.0           # 0 disables clipping
-    mixed_precision: str = "no"          # no | bf16
+    precision: str = "fp32"              # fp32 | bf16 (autocast; weights stay in model.dtype)
     seed: int = 0
     log_every: int = 1
     checkpoint_every: int = 0            # 0: only the final model

@@ -98,23 +98,51 @@ def resolve_dtype(name: str) -> torch.dtype:
 
 
 def builtin_sft_path() -> Path:
-    """Where `builtin:arithmetic-sft` is cached: $PREFTUNE_CACHE or ~/.cache/preftune."""
+    """Where `builtin:arithmetic-sft` is cached: $PREFTUNE_CACHE (default ~/.cache/preftune), in a
+    folder named by a fingerprint of the SFT settings, so a change of settings never reuses a
+    stale model."""
+    import hashlib
+    import json
     import os
 
+    from preftune import __version__
+    from preftune.config import to_dict
+    from preftune.pipeline import PipelineConfig
+
+    settings = json.dumps({"version": __version__, "sft": to_dict(PipelineConfig().sft)}, sort_keys=True)
+    fingerprint = hashlib.sha256(settings.encode()).hexdigest()[:12]
     root = Path(os.environ.get("PREFTUNE_CACHE", Path.home() / ".cache" / "preftune"))
-    return root / "arithmetic-sft" / "sft" / "model"
+    return root / f"arithmetic-sft-{fingerprint}" / "model"
 
 
 def resolve_model_name(name_or_path: str) -> str:
     """Map `builtin:arithmetic-sft` to its cached directory, training it first if needed (about a
-    minute on 2 cores: the quickstart's SFT stage); any other name is returned unchanged."""
+    minute on 2 cores: the quickstart's SFT stage); any other name is returned unchanged.
+
+    Concurrent processes wait on a file lock, and the model appears only once complete (built in a
+    scratch folder, then renamed), so they share one build.
+    """
     if name_or_path != BUILTIN_ARITHMETIC_SFT:
         return name_or_path
-    path = builtin_sft_path()
-    if not (path / "config.json").exists():
-        from preftune.pipeline import PipelineConfig, run_sft_stage
+    import fcntl
+    import shutil
+    import tempfile
 
-        run_sft_stage(PipelineConfig(name="arithmetic-sft", output_dir=str(path.parent.parent.parent / "{name}")))
+    path = builtin_sft_path()
+    if (path / "config.json").exists():
+        return str(path)
+    path.parent.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent.parent / f"{path.parent.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (path / "config.json").exists():
+            from preftune.pipeline import PipelineConfig, run_sft_stage
+
+            scratch = Path(tempfile.mkdtemp(prefix="building-", dir=path.parent.parent))
+            built = run_sft_stage(PipelineConfig(name="sft-build", output_dir=str(scratch / "{name}")))
+            shutil.rmtree(path.parent, ignore_errors=True)
+            path.parent.mkdir(parents=True)
+            Path(built).rename(path)
+            shutil.rmtree(scratch, ignore_errors=True)
     return str(path)
 
 

@@ -31,12 +31,18 @@ class DataError(ValueError):
     """A bad row under `on_bad_row: error`, or a source that cannot be read at all."""
 
 
-class BadRow(ValueError):
-    """Raised inside row conversion; carries the field so the message can name it."""
+# The countable kinds of bad row, as they appear in the run summary.
+MISSING, WRONG_TYPE, EMPTY, IDENTICAL, UNDECODABLE, INCONSISTENT = (
+    "missing field", "wrong type", "empty text", "chosen == rejected", "undecodable line", "inconsistent row")
 
-    def __init__(self, reason: str, field_name: str | None = None):
+
+class BadRow(ValueError):
+    """Raised inside row conversion; carries the field (so the message can name it) and the
+    category under which a skipped row is counted."""
+
+    def __init__(self, reason: str, field_name: str | None = None, category: str = INCONSISTENT):
         super().__init__(reason)
-        self.reason, self.field = reason, field_name
+        self.reason, self.field, self.category = reason, field_name, category
 
     def describe(self) -> str:
         return f"field '{self.field}': {self.reason}" if self.field else self.reason
@@ -68,8 +74,8 @@ class LoadReport:
     skipped: Counter = field(default_factory=Counter)
     first_errors: list[str] = field(default_factory=list)
 
-    def add_skip(self, message: str, reason_class: str) -> None:
-        self.skipped[reason_class] += 1
+    def add_skip(self, message: str, category: str) -> None:
+        self.skipped[category] += 1
         if len(self.first_errors) < 10:
             self.first_errors.append(message)
 
@@ -84,7 +90,7 @@ class LoadReport:
 class RawRow:
     origin: str
     data: dict | None
-    error: str | None = None
+    error: BadRow | None = None
 
 
 def describe_source(source: Any) -> str:
@@ -151,7 +157,7 @@ def read_rows(source: Any, split: str = "train") -> Iterator[RawRow]:
 
 def _as_raw(origin: str, row: Any) -> RawRow:
     if not isinstance(row, dict):
-        return RawRow(origin, None, f"row is not an object but {type(row).__name__}")
+        return RawRow(origin, None, BadRow(f"row is not an object but {type(row).__name__}", category=WRONG_TYPE))
     return RawRow(origin, row)
 
 
@@ -165,10 +171,12 @@ def _read_jsonl(path: Path) -> Iterator[RawRow]:
             try:
                 row = json.loads(raw.decode("utf-8"))
             except UnicodeDecodeError as error:
-                yield RawRow(origin, None, f"undecodable line: not UTF-8 ({error.reason} at byte {error.start})")
+                yield RawRow(origin, None, BadRow(f"undecodable line: not UTF-8 ({error.reason} at byte {error.start})",
+                                                 category=UNDECODABLE))
                 continue
             except json.JSONDecodeError as error:
-                yield RawRow(origin, None, f"undecodable line: invalid JSON ({error.msg} at column {error.colno})")
+                yield RawRow(origin, None, BadRow(f"undecodable line: invalid JSON ({error.msg} at column {error.colno})",
+                                                 category=UNDECODABLE))
                 continue
             yield _as_raw(origin, row)
 
@@ -177,34 +185,34 @@ def _read_jsonl(path: Path) -> Iterator[RawRow]:
 
 def _text(row: dict, name: str, allow_empty: bool = False) -> Text:
     if name not in row or row[name] is None:
-        raise BadRow(f"missing field '{name}'")
+        raise BadRow(f"missing field '{name}'", category=MISSING)
     value = row[name]
     if isinstance(value, str):
         if not allow_empty and not value.strip():
-            raise BadRow("empty text", name)
+            raise BadRow("empty text", name, EMPTY)
         return value
     if isinstance(value, list):
         if not value and not allow_empty:
-            raise BadRow("empty list of messages", name)
+            raise BadRow("empty list of messages", name, EMPTY)
         for i, message in enumerate(value):
             if not (isinstance(message, dict) and isinstance(message.get("role"), str)
                     and isinstance(message.get("content"), str)):
-                raise BadRow(f"item {i} is not a chat message with string 'role' and 'content'", name)
+                raise BadRow(f"item {i} is not a chat message with string 'role' and 'content'", name, WRONG_TYPE)
         if not allow_empty and not any(m["content"].strip() for m in value):
-            raise BadRow("empty text (every message is blank)", name)
+            raise BadRow("empty text (every message is blank)", name, EMPTY)
         return value
-    raise BadRow(f"must be a string or a list of chat messages, got {type(value).__name__}", name)
+    raise BadRow(f"must be a string or a list of chat messages, got {type(value).__name__}", name, WRONG_TYPE)
 
 
 def _check_nonempty(text: Text, name: str) -> None:
     empty = not text.strip() if isinstance(text, str) else not any(m["content"].strip() for m in text)
     if empty:
-        raise BadRow("empty text", name)
+        raise BadRow("empty text", name, EMPTY)
 
 
 def detect_kind(row: dict) -> str:
     keys = set(row)
-    if {"chosen", "rejected"} <= keys:
+    if keys & {"chosen", "rejected"}:
         return "pairwise"
     if "responses" in keys:
         return "listwise"
@@ -305,14 +313,15 @@ def row_to_example(row: dict, origin: str, kind: str = "auto", text_format: str 
     elif kind == "pointwise":
         label = row.get("label")
         if not isinstance(label, bool):
-            raise BadRow(f"must be true or false, got {label!r}" if "label" in row else "missing field 'label'",
-                         "label" if "label" in row else None)
+            if "label" not in row:
+                raise BadRow("missing field 'label'", category=MISSING)
+            raise BadRow(f"must be true or false, got {label!r}", "label", WRONG_TYPE)
         example = Example(_text(row, "prompt"), [_text(row, "completion")], kind, label=label)
     elif kind == "sft":
         if "messages" in row:
             messages = _text(row, "messages")
             if isinstance(messages, str) or messages[-1]["role"] != "assistant":
-                raise BadRow("must be a message list ending with an assistant message", "messages")
+                raise BadRow("must be a message list ending with an assistant message", "messages", WRONG_TYPE)
             example = Example(messages[:-1], [messages[-1:]], kind)
         else:
             example = Example(_text(row, "prompt"), [_text(row, "completion")], kind)
@@ -373,14 +382,14 @@ def _extra_value(row: dict, columns: str | list[str]) -> float | list:
 
 def _number_or_numbers(row: dict, name: str) -> float | list[float]:
     if name not in row or row[name] is None:
-        raise BadRow(f"missing field '{name}'")
+        raise BadRow(f"missing field '{name}'", category=MISSING)
     value = row[name]
     is_number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
     if is_number(value):
         return float(value)
     if isinstance(value, list) and value and all(is_number(v) for v in value):
         return [float(v) for v in value]
-    raise BadRow(f"must be a number or a list of numbers, got {type(value).__name__}", name)
+    raise BadRow(f"must be a number or a list of numbers, got {type(value).__name__}", name, WRONG_TYPE)
 
 
 def _pairwise(row: dict, text_format: str) -> Example:
@@ -394,7 +403,7 @@ def _pairwise(row: dict, text_format: str) -> Example:
     else:
         prompt, chosen, rejected = split_common_prefix(chosen, rejected)
     if chosen == rejected:
-        raise BadRow("chosen and rejected are identical")
+        raise BadRow("chosen and rejected are identical", category=IDENTICAL)
     _check_nonempty(chosen, "chosen")
     _check_nonempty(rejected, "rejected")
     if text_format == "hh":
@@ -413,29 +422,19 @@ def _listwise(row: dict) -> Example:
     prompt = _text(row, "prompt")
     responses = row.get("responses")
     if not isinstance(responses, list) or len(responses) < 2:
-        raise BadRow("must be a list of at least two responses", "responses")
+        raise BadRow("must be a list of at least two responses", "responses", WRONG_TYPE)
     texts = [_text({"responses": r}, "responses") for r in responses]
     scores = row.get("scores")
     if scores is None and "ranks" in row:
         ranks = row["ranks"]
         if not (isinstance(ranks, list) and len(ranks) == len(texts)
                 and all(isinstance(r, (int, float)) and not isinstance(r, bool) for r in ranks)):
-            raise BadRow("must be a list of numbers, one per response", "ranks")
+            raise BadRow("must be a list of numbers, one per response", "ranks", WRONG_TYPE)
         scores = [-float(r) for r in ranks]  # rank 1 is best: a higher score is better
     if not (isinstance(scores, list) and len(scores) == len(texts)
             and all(isinstance(s, (int, float)) and not isinstance(s, bool) for s in scores)):
-        raise BadRow("must be a list of numbers, one per response", "scores")
+        raise BadRow("must be a list of numbers, one per response", "scores", WRONG_TYPE)
     return Example(prompt, texts, "listwise", scores=[float(s) for s in scores])
-
-
-def reason_class(reason: str) -> str:
-    """A short, countable name for a bad-row reason (for the run summary)."""
-    for key, name in (("missing field", "missing field"), ("undecodable", "undecodable line"),
-                      ("identical", "chosen == rejected"), ("empty", "empty text"),
-                      ("must be", "wrong type"), ("not an object", "wrong type")):
-        if key in reason:
-            return name
-    return "other"
 
 
 def load_examples(source: Any, kind: str = "auto", text_format: str = "auto", on_bad_row: str = "error",
@@ -446,20 +445,24 @@ def load_examples(source: Any, kind: str = "auto", text_format: str = "auto", on
         raise ValueError(f"on_bad_row must be 'error' or 'skip', got {on_bad_row!r}")
     extra_column_sources(extra_columns)  # a malformed entry is a configuration error, not a bad row
     examples, report = [], LoadReport()
+    # With kind "auto" the first row that shows its kind fixes it for the whole source, so a
+    # later row missing a field is reported as such rather than as a row of another kind.
     for raw in read_rows(source, split):
         if limit is not None and report.kept >= limit:
             break
         report.rows += 1
         try:
             if raw.error:
-                raise BadRow(raw.error)
+                raise raw.error
+            if kind == "auto":
+                kind = detect_kind(raw.data)
             example = row_to_example(raw.data, raw.origin, kind, text_format, tuple(extra_columns),
                                      tuple(extra_responses))
         except BadRow as bad:
             message = f"{raw.origin}: {bad.describe()}"
             if on_bad_row == "error":
                 raise DataError(message + " (set data.on_bad_row: skip to drop such rows and count them)") from None
-            report.add_skip(message, reason_class(bad.reason))
+            report.add_skip(message, bad.category)
             continue
         examples.append(example)
         report.kept += 1

@@ -10,6 +10,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from preftune.train.metrics import read_metrics  # noqa: E402
 
+def save_figure(fig, path: Path) -> Path:
+    """Write a figure as PNG (creating the folder) and free it."""
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 TRAINING_PANELS = [
     ("loss", ["loss"]),
     ("implicit-reward accuracy", ["accuracy"]),
@@ -31,11 +40,7 @@ def plot_training(run_dir: Path, path: Path) -> Path:
         ax.set_xlabel("step")
         if len(keys) > 1:
             ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_comparison(before: dict, after: dict, path: Path, names=("before", "after")) -> Path:
@@ -52,8 +57,4 @@ def plot_comparison(before: dict, after: dict, path: Path, names=("before", "aft
         ax.text(x + 0.2, after[k], f"{after[k]:.2f}", ha="center", va="bottom", fontsize=8)
     ax.set_xticks(list(xs), [labels[k] for k in keys])
     ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 STATE_FILE = "trainer_state.json"
@@ -61,3 +64,21 @@ def resolve_resume(run_dir: Path, resume: str | bool | None) -> Path | None:
 def load_checkpoint(accelerator, path: Path) -> dict:
     accelerator.load_state(str(path))
     return json.loads((path / STATE_FILE).read_text())
+
+
+@contextmanager
+def sigterm_as_interrupt():
+    """Treat SIGTERM (a scheduler's preemption, `kill`) like Ctrl-C while training, so the
+    loop saves the last completed step before stopping. Only the main thread can set handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -24,7 +24,7 @@ from preftune.logps import sequence_logps
 from preftune.methods import Objective, build_objective
 from preftune.models import (LoraSettings, Reference, add_lora, load_causal_lm, load_tokenizer,
                              make_reference)
-from preftune.train.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
+from preftune.train.checkpoint import load_checkpoint, resolve_resume, save_checkpoint, sigterm_as_interrupt
 from preftune.train.metrics import MetricsLogger, StepMetrics, truncate_metrics
 from preftune.train.plan import BatchPlan
 from preftune.train.schedules import lr_multiplier
@@ -33,10 +33,13 @@ from preftune.train.schedules import lr_multiplier
 def make_accelerator(cfg: RunConfig):
     from accelerate import Accelerator
 
-    if cfg.train.mixed_precision not in ("no", "bf16"):
-        raise ValueError(f"train.mixed_precision must be 'no' or 'bf16', got {cfg.train.mixed_precision!r}")
-    return Accelerator(mixed_precision=cfg.train.mixed_precision,
-                       gradient_accumulation_steps=cfg.train.grad_accum)
+    precisions = {"fp32": "no", "bf16": "bf16"}
+    if cfg.train.precision not in precisions:
+        raise ValueError(f"train.precision must be 'fp32' or 'bf16', got {cfg.train.precision!r}")
+    # Without a GPU, accelerate only forms a multi-process (gloo) group under torchrun when told
+    # to run on the CPU explicitly.
+    return Accelerator(mixed_precision=precisions[cfg.train.precision], gradient_accumulation_steps=cfg.train.grad_accum,
+                       cpu=not torch.cuda.is_available())
 
 
 def train(cfg: RunConfig, resume: str | bool | None = None, data_source=None,
@@ -99,48 +102,53 @@ def train(cfg: RunConfig, resume: str | bool | None = None, data_source=None,
     if checkpoint is not None:
         start_step = load_checkpoint(accelerator, checkpoint)["step"]
         if main:
-            truncate_metrics(run_dir, start_step - 1)
+            truncate_metrics(run_dir, start_step)
     elif main and (run_dir / "metrics.jsonl").exists():
         (run_dir / "metrics.jsonl").unlink()
 
     logger = MetricsLogger(run_dir, enabled=main)
     bar = tqdm(total=plan.total_steps, initial=start_step, disable=not (main and cfg.train.progress),
                desc=f"train {objective.describe()}", dynamic_ncols=True, mininterval=0.5)
-    step, last = start_step, {}
+    def one_step(step: int) -> dict:
+        """Optimizer step `step`: this process's micro-batches, one update; returns its metrics."""
+        started = time.perf_counter()
+        stats, tokens, grad_norm = StepMetrics(data.kind), 0, float("nan")
+        for indices in plan.micro_batches(step, accelerator.process_index):
+            batch = collate([data.train[i] for i in indices], tokenizer.pad_token_id).to(accelerator.device)
+            tokens += batch.num_tokens
+            with accelerator.accumulate(policy):
+                out, policy_logps = compute_objective(objective, policy, reference, batch, accelerator, aux_models)
+                accelerator.backward(out.loss.mean())
+                if accelerator.sync_gradients:
+                    grad_norm = clip_gradients(accelerator, policy, cfg.train.max_grad_norm)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad()
+            stats.add(out, policy_logps)
+        metrics = stats.reduce(accelerator)
+        metrics.update(grad_norm=grad_norm, lr=scheduler.get_last_lr()[0], epoch=plan.epoch_of(step + 1),
+                       tokens_per_s=tokens * accelerator.num_processes / (time.perf_counter() - started))
+        return metrics
+
+    completed, last = start_step, {}
     try:
-        for step in range(start_step, plan.total_steps):
-            started = time.perf_counter()
-            stats, tokens, grad_norm = StepMetrics(data.kind), 0, float("nan")
-            for indices in plan.micro_batches(step, accelerator.process_index):
-                batch = collate([data.train[i] for i in indices], tokenizer.pad_token_id).to(accelerator.device)
-                tokens += batch.num_tokens
-                with accelerator.accumulate(policy):
-                    out, policy_logps = compute_objective(objective, policy, reference, batch, accelerator,
-                                                         aux_models)
-                    accelerator.backward(out.loss.mean())
-                    if accelerator.sync_gradients:
-                        grad_norm = clip_gradients(accelerator, policy, cfg.train.max_grad_norm)
-                        optimizer.step()
-                        scheduler.step()
-                        optimizer.zero_grad()
-                stats.add(out, policy_logps)
-            last = stats.reduce(accelerator)
-            last.update(grad_norm=grad_norm, lr=scheduler.get_last_lr()[0], epoch=plan.epoch_of(step + 1),
-                        tokens_per_s=tokens * accelerator.num_processes / (time.perf_counter() - started))
-            if (step + 1) % cfg.train.log_every == 0 or step + 1 == plan.total_steps:
-                logger.log(step + 1, last)
-            bar.update(1)
-            bar.set_postfix(loss=f"{last['loss']:.4f}", **({"acc": f"{last['accuracy']:.2f}"} if "accuracy" in last else {}))
-            if cfg.train.checkpoint_every and (step + 1) % cfg.train.checkpoint_every == 0:
-                save_checkpoint(accelerator, run_dir, step + 1, {"metrics": last}, cfg.train.keep_checkpoints)
-            if cfg.train.eval_every and data.eval and (step + 1) % cfg.train.eval_every == 0:
-                logger.log(step + 1, evaluate_objective(objective, policy, reference, data, tokenizer, accelerator,
-                                                        cfg.train.batch_size, aux_models))
-            if on_step_end is not None:
-                on_step_end(step + 1, last)
+        with sigterm_as_interrupt():  # a preempted job saves its last completed step too
+            for step in range(start_step, plan.total_steps):
+                last = one_step(step)
+                completed = step + 1
+                if completed % cfg.train.log_every == 0 or completed == plan.total_steps:
+                    logger.log(completed, last)
+                bar.update(1)
+                bar.set_postfix(loss=f"{last['loss']:.4f}", **({"acc": f"{last['accuracy']:.2f}"} if "accuracy" in last else {}))
+                if cfg.train.checkpoint_every and completed % cfg.train.checkpoint_every == 0:
+                    save_checkpoint(accelerator, run_dir, completed, {"metrics": last}, cfg.train.keep_checkpoints)
+                if cfg.train.eval_every and data.eval and completed % cfg.train.eval_every == 0:
+                    logger.log(completed, evaluate_objective(objective, policy, reference, data, tokenizer, accelerator,
+                                                             cfg.train.batch_size, aux_models))
+                if on_step_end is not None:
+                    on_step_end(completed, last)
     except KeyboardInterrupt:
         # Nothing is lost: the last completed step is saved, and `--resume` continues from it.
-        completed = step if step < plan.total_steps else plan.total_steps
         optimizer.zero_grad()
         if completed > start_step:
             path = save_checkpoint(accelerator, run_dir, completed, {"metrics": last, "interrupted": True},
@@ -149,6 +157,7 @@ def train(cfg: RunConfig, resume: str | bool | None = None, data_source=None,
                 print(f"\ninterrupted: saved {path}; continue with --resume")
         bar.close()
         logger.close()
+        release_accelerator()
         raise
     bar.close()
 
@@ -166,7 +175,17 @@ def train(cfg: RunConfig, resume: str | bool | None = None, data_source=None,
                    "data": {**data.summary(), **({"task": task_stats} if task_stats else {})}, "model_dir": str(run_dir / "model")}
         (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=1))
     accelerator.wait_for_everyone()
+    release_accelerator()
     return run_dir
+
+
+def release_accelerator() -> None:
+    """Forget this run's accelerate settings (mixed precision, accumulation) so that a later
+    `train` in the same process may use others; the process group itself is kept."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
 
 
 def materialize_task_data(cfg: RunConfig, objective: Objective, policy, tokenizer, accelerator):

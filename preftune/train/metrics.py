@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from collections import defaultdict
 from pathlib import Path
 
@@ -58,9 +59,12 @@ class MetricsLogger:
         self.path = Path(run_dir) / "metrics.jsonl"
         self.writer = None
         if enabled and tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # tensorboard is a dependency, but a bare image may lack it
+                warnings.warn("tensorboard is not installed: metrics go to metrics.jsonl only")
+            else:
+                self.writer = SummaryWriter(str(Path(run_dir) / "tensorboard"))
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         if not self.enabled:
