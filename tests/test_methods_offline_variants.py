@@ -551,27 +551,47 @@ def test_beta_dpo_statistics_are_summed_over_processes():
 
 
 @pytest.mark.slow
-def test_beta_dpo_resumed_training_matches_the_uninterrupted_run(tiny_sft_model, tmp_path):
-    # The running state is checkpointed with the model: steps 3-4 after --resume equal steps 3-4 of one run.
+def test_beta_dpo_stop_and_resume_gives_the_same_run_as_an_uninterrupted_one(tiny_sft_model, tmp_path):
+    # The EMAs and the filter's generator are checkpointed with the model: a run stopped after step 3
+    # and resumed ends with the same weights and the same per-step beta_batch, kept sets and losses.
     import json
+    import random
+
+    from safetensors.torch import load_file
 
     from preftune.config import load_config
+    from preftune.tasks import get_task
     from preftune.train.loop import train
 
-    def run(name, steps, resume=None):
-        cfg = load_config("configs/methods/beta_dpo.yaml", [
-            f"--name={name}", f"--output_dir={tmp_path}/{{name}}", f"--model.name_or_path={tiny_sft_model}",
-            f"--train.steps={steps}", "--train.batch_size=8", "--train.checkpoint_every=2", "--train.progress=false",
-            "--data.task.prompts=64", "--train.warmup_ratio=0"])
-        run_dir = train(cfg, resume=resume)
+    task, rng = get_task("arithmetic"), random.Random(0)
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"prompt": p, "chosen": task.answer(p), "rejected": task.wrong_answer(p, rng)})
+                             + "\n" for p in task.prompts("train", 64)))
+
+    def config(name):
+        return load_config(None, [f"--name={name}", f"--output_dir={tmp_path}/{{name}}",
+                                  f"--model.name_or_path={tiny_sft_model}", f"--data.source={pairs}",
+                                  "--data.max_length=32", "--data.max_prompt_length=16", "--loss.beta_dpo.beta=0.5",
+                                  "--loss.beta_dpo.filter_ratio=0.5", "--train.lr=1e-3", "--train.batch_size=8",
+                                  "--train.steps=6", "--train.progress=false"])
+
+    def stop_at_step_three(step, _):
+        if step == 3:
+            raise KeyboardInterrupt
+
+    straight = train(config("straight"))
+    resumed_cfg = config("resumed")
+    with pytest.raises(KeyboardInterrupt):
+        train(resumed_cfg, on_step_end=stop_at_step_three)
+    resumed = train(resumed_cfg, resume=True)
+
+    def metrics(run_dir):
         return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
-    straight = run("straight", 4)
-    run("resumed", 2)
-    resumed = run("resumed", 4, resume=True)
-    assert [m["step"] for m in resumed] == [1, 2, 3, 4]
-    for key in ("loss", "beta_batch", "margin_mean_ema", "kept"):
-        assert [m[key] for m in resumed[2:]] == pytest.approx([m[key] for m in straight[2:]], rel=1e-6, abs=1e-9), key
+    for key in ("loss", "beta_batch", "margin_mean_ema", "margin_std_ema"):
+        assert [m[key] for m in metrics(resumed)] == [m[key] for m in metrics(straight)], key
+    a, b = (load_file(str(run / "model" / "model.safetensors")) for run in (straight, resumed))
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) == 0.0
 
 
 # =========================================================================== TPO (offline.md §9)
