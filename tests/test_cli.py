@@ -94,6 +94,7 @@ def test_verify_command_passes_and_speaks_json(capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not HH.exists(), reason="../shared/data is not beside this checkout (as in test_data.py)")
 def test_the_real_model_recipe_runs_on_a_local_model_and_the_hh_sample(tmp_path, capsys):
     """configs/hf/dpo_hh_rlhf.yaml, pointed at a model saved with save_pretrained and the shared HH-RLHF rows."""
     from preftune.models import save_tiny_model

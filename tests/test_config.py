@@ -27,7 +27,7 @@ def test_unknown_top_level_key_lists_the_sections():
     ("--train.lr=fast", "train.lr must be float, got 'fast' (str)"),
     ("--train.steps=1.5", "train.steps must be int or null, got 1.5 (float)"),
     ("--train.progress=3", "train.progress must be bool, got 3 (int)"),
-    ("--data.extra_columns=margin", "data.extra_columns must be list of str, got 'margin' (str)"),
+    ("--data.extra_columns=margin", "data.extra_columns must be list of str or mapping, got 'margin' (str)"),
 ])
 def test_wrong_types_name_the_key_and_the_expected_type(override, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):

@@ -384,6 +384,22 @@ def test_reward_model_scores_reach_madpo_from_two_data_columns():
         load_examples(rows, extra_columns=("chosen_score", {"chosen_score": "rejected_score"}))
 
 
+def test_stacked_columns_of_several_reward_models_give_per_response_score_vectors():
+    # Two margin reward models: each response column holds a list of 2 scores -> margin_scores (B, 2, 2).
+    from preftune.data.formats import DataError, load_examples
+
+    row = {"prompt": "1+1=", "chosen": "2", "rejected": "3", "safety_w": [0.3, 1.0], "safety_l": [0.8, 0.0]}
+    examples, _ = load_examples([row], extra_columns=({"margin_scores": ["safety_w", "safety_l"]},))
+    scores = torch.tensor([examples[0].extras["margin_scores"]], dtype=F64)
+    assert scores.shape == (1, 2, 2)
+    policy, reference = example()
+    out = call("modpo", policy, reference, margin_scores=scores, beta=0.5, objective_weight=0.4,
+               margin_weights=[0.6, -0.2])
+    assert out.loss.item() == pytest.approx(ell(3.125), abs=1e-12)  # as in the MODPO value test below
+    with pytest.raises(DataError, match="same length"):
+        load_examples([dict(row, safety_l=0.5)], extra_columns=({"margin_scores": ["safety_w", "safety_l"]},))
+
+
 # =========================================================================== beta-DPO (offline.md §8)
 
 def frozen_statistics(mean: float, std: float = 1.0) -> MarginStatistics:
