@@ -56,6 +56,9 @@ def train_curriculum(cfg: RunConfig, resume: str | bool | None = None, data_sour
 
     settings = cfg.curriculum
     validate(settings)
+    if settings.schedule == "iterative" and cfg.model.lora.enabled:
+        raise ValueError("an iterative curriculum starts each stage from the previous stage's saved model, "
+                         "which a LoRA run saves as an adapter only; use schedule: sorted or full fine-tuning")
     run_dir = cfg.run_dir
     rows = ranked_rows(cfg, data_source, reuse=bool(resume))
     pairs = ranked.pairs_from_ranked_rows(rows, settings.pairs, settings.min_gap)
