@@ -111,6 +111,14 @@ def test_random_difficulty_is_seeded():
     assert pair_ease(pairs, "random", seed=1) != pair_ease(pairs, "random", seed=2)
 
 
+def test_arithmetic_partial_credit_grades_wrong_numbers():
+    from preftune.tasks import get_task
+
+    graded, exact = get_task("arithmetic", partial_credit=True), get_task("arithmetic")
+    assert [graded.score("12+30=", r) for r in ("42", " 42 ", "43", "33", "x", "4²", "")] == [1.0, 1.0, 0.5, 0.1, 0, 0, 0]
+    assert [exact.score("12+30=", r) for r in ("42", "43")] == [1.0, 0.0]
+
+
 # --------------------------------------------------------------------------- batch plans
 
 def test_unshuffled_plan_takes_the_data_in_order_every_epoch():
@@ -140,3 +148,24 @@ def test_grouped_plan_never_mixes_list_sizes():
 
 def test_held_out_batches_by_group():
     assert batches_by_group([3, 4, 3, 3, 4], 2) == [[0, 2], [3], [1, 4]]
+
+
+@pytest.mark.slow
+def test_listwise_rows_of_different_sizes_train_in_batches_of_one_size(tmp_path):
+    import json
+
+    from preftune.config import load_config
+    from preftune.models import save_tiny_model
+    from preftune.train.loop import train
+
+    model = save_tiny_model(tmp_path / "tiny")
+    rows = [{"prompt": f"{a}+1=", "responses": [str(a + 1 + d) for d in range(k)], "scores": list(range(k, 0, -1))}
+            for a in range(12) for k in (3, 4)]  # 12 lists of K = 3 and 12 of K = 4, interleaved
+    cfg = load_config(None, [f"--output_dir={tmp_path}/{{name}}", f"--model.name_or_path={model}", "--loss=adpo_listwise",
+                             "--data.max_length=32", "--data.max_prompt_length=16", "--train.batch_size=4",
+                             "--train.steps=6", "--train.progress=false", "--data.eval_fraction=0.25"])
+    run_dir = train(cfg, data_source=rows)
+    logged = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    sizes = [3 + ("rewards/response_3" in m) for m in logged if "loss" in m]
+    assert len(sizes) == 6 and set(sizes) == {3, 4}  # both sizes trained, each step one of them
+    assert "eval/loss" in logged[-1]  # held-out lists of both sizes evaluated without mixing

@@ -264,3 +264,37 @@ def test_beam_search_decodes_the_arithmetic_model(tiny_sft_model):
     greedy_accuracy = sum(task.score(p, t[0]) for p, t in zip(prompts, greedy.texts)) / len(prompts)
     assert beam_accuracy >= 0.6 and beam_accuracy >= greedy_accuracy - 0.1, (beam_accuracy, greedy_accuracy)
     assert all(r.ids[-1] == tokenizer.eos_token_id for r in results)  # answers stop by themselves
+
+
+# --------------------------------------------------------------------------- command lines
+
+@pytest.fixture(scope="module")
+def saved_tiny_model(tmp_path_factory):
+    from preftune.models import save_tiny_model
+
+    return save_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+def test_generate_with_beams_prints_the_beam_search_result(saved_tiny_model, capsys):
+    import json
+
+    from preftune.cli import main
+    from preftune.models import load_causal_lm, load_tokenizer
+
+    assert main(["generate", "--model", str(saved_tiny_model), "--prompt", "3+4=", "--beams", "2",
+                 "--max-new-tokens", "4", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    expected = beam_search(load_causal_lm(str(saved_tiny_model)), load_tokenizer(str(saved_tiny_model)), ["3+4="],
+                           beams=2, max_new_tokens=4)[0]
+    assert printed == {"prompt": "3+4=", "response": expected.text, "logp": pytest.approx(expected.score)}
+
+
+def test_token_credit_command_prints_zero_credits_against_itself(saved_tiny_model, capsys):
+    import json
+
+    from preftune.eval.token_credit import main
+
+    assert main(["--model", str(saved_tiny_model), "--reference", str(saved_tiny_model), "--prompt", "3+4=",
+                 "--response", "7", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["token"] for r in rows] == ["7", "<|eos|>"] and all(r["credit"] == 0.0 for r in rows)
