@@ -21,7 +21,7 @@ curriculum adds data and schedule on top of the ordinary `train()`:
 Layout: the last stage is the run itself (cfg.run_dir holds model/, metrics.jsonl,
 train_summary.json); earlier stages live in cfg.run_dir/stages/stage-<k>/. The ranked rows and
 each stage's pairs are written under cfg.run_dir/data/, and cfg.run_dir/curriculum.json records
-the curriculum settings and every stage (its pairs, steps, run directory).
+the whole configuration (curriculum included) and every stage (its pairs, steps, run directory).
 
 A stage with fewer pairs than one global batch cannot take a step; since stage k only holds the
 prompts with at least k pairs, such stages are the last ones, and they are left out (and listed
@@ -77,7 +77,7 @@ def train_curriculum(cfg: RunConfig, resume: str | bool | None = None, data_sour
         raise ValueError(f"no curriculum stage has a global batch of pairs ({global_batch}); "
                          f"stage sizes: {[len(s) for s in stages]}")
 
-    record = {"curriculum": to_dict(settings), "ranked_rows": len(rows), "pairs": len(pairs), "stages": [],
+    record = {"config": to_dict(cfg), "ranked_rows": len(rows), "pairs": len(pairs), "stages": [],
               "skipped_stages": [{"stage": k + 1, "pairs": len(s)} for k, s in enumerate(stages)
                                  if len(s) < global_batch]}
     model = cfg.model.name_or_path
