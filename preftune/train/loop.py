@@ -49,6 +49,8 @@ def train(cfg: RunConfig, resume: str | bool | None = None, data_source=None,
     resume: True (latest checkpoint of the run) or a checkpoint path. data_source: rows given in
     memory instead of cfg.data.source. on_step_end(step, metrics): called after every step
     (a KeyboardInterrupt raised there, or by Ctrl-C, saves a checkpoint before stopping).
+    A config with a `curriculum:` section runs that curriculum's stages, each an ordinary run
+    (train/curriculum.py); data_source then holds ranked rows.
     """
     from accelerate.utils import set_seed
 

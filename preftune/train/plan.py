@@ -39,13 +39,7 @@ class BatchPlan:
         """Full global batches per pass over the data (the incomplete last batch of each group is dropped)."""
         if self.groups is None:
             return self.num_examples // self.global_batch
-        return sum(len(members) // self.global_batch for members in self._group_members().values())
-
-    def _group_members(self) -> dict[int, list[int]]:
-        members: dict[int, list[int]] = {}
-        for index, group in enumerate(self.groups):
-            members.setdefault(group, []).append(index)
-        return dict(sorted(members.items()))
+        return sum(len(members) // self.global_batch for members in indices_by_group(self.groups))
 
     @property
     def total_steps(self) -> int:
@@ -65,7 +59,7 @@ class BatchPlan:
             return order[start:start + self.global_batch].tolist()
         # Full batches of each group (members shuffled within it), then the batches shuffled.
         batches = []
-        for members in self._group_members().values():
+        for members in indices_by_group(self.groups):
             if self.shuffle:
                 members = [members[i] for i in torch.randperm(len(members), generator=generator).tolist()]
             full = len(members) // self.global_batch * self.global_batch
@@ -84,10 +78,15 @@ class BatchPlan:
         return out
 
 
-def batches_by_group(groups: list[int], batch_size: int) -> list[list[int]]:
-    """Consecutive batches of at most batch_size indices that never mix groups (held-out evaluation)."""
+def indices_by_group(groups) -> list[list[int]]:
+    """The example indices of each group, in data order, groups in sorted order."""
     members: dict[int, list[int]] = {}
     for index, group in enumerate(groups):
         members.setdefault(group, []).append(index)
-    return [indices[i:i + batch_size] for _, indices in sorted(members.items())
+    return [members[group] for group in sorted(members)]
+
+
+def batches_by_group(groups: list[int], batch_size: int) -> list[list[int]]:
+    """Consecutive batches of at most batch_size indices that never mix groups (held-out evaluation)."""
+    return [indices[i:i + batch_size] for indices in indices_by_group(groups)
             for i in range(0, len(indices), batch_size)]
