@@ -67,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--beams", type=int, default=0, metavar="K",
+                   help="beam search with K beams instead of sampling: the most likely response (From r to Q*)")
     p.add_argument("--json", action="store_true", help="print one JSON object per prompt")
 
     p = sub.add_parser("methods", help="list the registered methods",
@@ -192,6 +194,13 @@ def cmd_generate(args, _) -> int:
     if not prompts:
         raise ValueError("give at least one --prompt or a --prompts-file")
     tokenizer, model = load_tokenizer(args.model), load_causal_lm(args.model)
+    if args.beams:
+        from preftune.eval.search import beam_search
+
+        for prompt, found in zip(prompts, beam_search(model, tokenizer, prompts, args.beams, args.max_new_tokens)):
+            print(json.dumps({"prompt": prompt, "response": found.text, "logp": found.score}) if args.json
+                  else f"{prompt}{found.text}")
+        return 0
     samples = sample(model, tokenizer, prompts, args.num, args.temperature, args.top_p, args.max_new_tokens,
                      seed=args.seed, progress=False)
     for prompt, texts in zip(prompts, samples.texts):

@@ -88,6 +88,24 @@ class TrainConfig:
     keep_checkpoints: int = 2
     eval_every: int = 0                  # 0: evaluate held-out data only at the end (if any)
     progress: bool = True
+    shuffle: bool = True                 # false: every epoch takes the rows in data order (a curriculum)
+
+
+@dataclass
+class CurriculumConfig:
+    """Train on pairs cut from ranked lists, easy to hard (Curry-DPO, offline.md §4; train/curriculum.py).
+
+    Off while `pairs` is empty. The data are ranked rows {prompt, responses, scores|ranks}: a file,
+    or for task:<name> k samples per prompt of the initial model scored by the gold oracle.
+    """
+
+    pairs: str = ""                      # "" (off) | chosen_fixed | rejected_fixed | all_pairs
+    min_gap: float = 0.0                 # drop pairs whose score gap is below this (ties always dropped)
+    order: str = "rating_gap"            # difficulty: rating_gap | ref_implicit_margin | random
+    schedule: str = "iterative"          # iterative: stage k = k-th easiest pair per prompt, reference =
+                                         # stage k-1 policy | sorted: one run easy to hard, fixed reference
+    stages: int | None = None            # iterative: at most this many stages
+    shuffle_within: bool = False         # sorted: shuffle the pairs of each difficulty stage
 
 
 @dataclass
@@ -101,6 +119,7 @@ class RunConfig:
     loss: Union[str, dict] = "dpo"       # "dpo + 0.2*sft" or {dpo: {beta: 0.1}, sft: {weight: 0.2}}
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
 
     @property
     def run_dir(self) -> Path:

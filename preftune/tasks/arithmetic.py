@@ -13,13 +13,19 @@ class ArithmeticTask:
     All (a, b) pairs are shuffled once with `seed`; the first `test_fraction` of them are the
     test prompts, so no test prompt is ever seen in training. The oracle is exact: a response
     scores 1.0 when, stripped of surrounding whitespace, it is the decimal sum.
+
+    partial_credit: a wrong integer answer scores 1/(1 + |answer - sum|) instead of 0 (anything
+    else still scores 0), so that k samples of one prompt get graded ratings, as the rated lists
+    of curriculum and listwise methods expect (off by one: 0.5, off by nine: 0.1).
     """
 
     name = "arithmetic"
 
-    def __init__(self, max_operand: int = 50, test_fraction: float = 0.1, seed: int = 0):
+    def __init__(self, max_operand: int = 50, test_fraction: float = 0.1, seed: int = 0,
+                 partial_credit: bool = False):
         if max_operand < 2:
             raise ValueError("arithmetic: max_operand must be at least 2")
+        self.partial_credit = partial_credit
         pairs = [(a, b) for a in range(max_operand) for b in range(max_operand)]
         random.Random(seed).shuffle(pairs)
         n_test = max(1, int(len(pairs) * test_fraction))
@@ -46,7 +52,12 @@ class ArithmeticTask:
         return str(a + b)
 
     def score(self, prompt: str, response: str) -> float:
-        return float(response.strip() == self.answer(prompt))
+        answer, text = self.answer(prompt), response.strip()
+        if text == answer:
+            return 1.0
+        if self.partial_credit and text.isascii() and text.isdigit():
+            return 1.0 / (1.0 + abs(int(text) - int(answer)))
+        return 0.0
 
     def wrong_answer(self, prompt: str, rng: random.Random) -> str:
         """A plausible mistake: the sum off by 1-10 (never negative, never the right answer)."""

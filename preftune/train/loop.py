@@ -26,7 +26,7 @@ from preftune.models import (LoraSettings, Reference, add_lora, load_causal_lm, 
                              make_reference)
 from preftune.train.checkpoint import load_checkpoint, resolve_resume, save_checkpoint, sigterm_as_interrupt
 from preftune.train.metrics import MetricsLogger, StepMetrics, truncate_metrics
-from preftune.train.plan import BatchPlan
+from preftune.train.plan import BatchPlan, batches_by_group
 from preftune.train.schedules import lr_multiplier
 
 
@@ -49,9 +49,15 @@ def train(cfg: RunConfig, resume: str | bool | None = None, data_source=None,
     resume: True (latest checkpoint of the run) or a checkpoint path. data_source: rows given in
     memory instead of cfg.data.source. on_step_end(step, metrics): called after every step
     (a KeyboardInterrupt raised there, or by Ctrl-C, saves a checkpoint before stopping).
+    A config with a `curriculum:` section runs that curriculum's stages, each an ordinary run
+    (train/curriculum.py); data_source then holds ranked rows.
     """
     from accelerate.utils import set_seed
 
+    if cfg.curriculum.pairs:  # a sequence of runs over pairs cut from ranked lists (offline.md §4)
+        from preftune.train.curriculum import train_curriculum
+
+        return train_curriculum(cfg, resume=resume, data_source=data_source, on_step_end=on_step_end)
     accelerator = make_accelerator(cfg)
     set_seed(cfg.train.seed)
     run_dir = cfg.run_dir
@@ -71,8 +77,10 @@ def train(cfg: RunConfig, resume: str | bool | None = None, data_source=None,
     if data_source is None and cfg.data.source.startswith("task:"):
         data_source, task_stats = materialize_task_data(cfg, objective, policy, tokenizer, accelerator)
     data = prepare_data(cfg.data, tokenizer, objective.input_kind, cfg.train.seed, data_source)
+    list_sizes = [len(ex.response_ids) for ex in data.train]  # lists of different K never share a batch
     plan = BatchPlan(len(data.train), cfg.train.batch_size, cfg.train.grad_accum, accelerator.num_processes,
-                     cfg.train.seed, cfg.train.steps, cfg.train.epochs)
+                     cfg.train.seed, cfg.train.steps, cfg.train.epochs, cfg.train.shuffle,
+                     tuple(list_sizes) if len(set(list_sizes)) > 1 else None)
 
     if cfg.model.lora.enabled:
         lora = cfg.model.lora
@@ -262,17 +270,17 @@ def evaluate_objective(objective, policy, reference, data, tokenizer, accelerato
     """
     policy.eval()
     stats = StepMetrics(data.kind)
-    starts = list(range(0, len(data.eval), batch_size))
+    batches = batches_by_group([len(ex.response_ids) for ex in data.eval], batch_size)
     # Every process runs the same number of forwards (collectives must match); a process whose
     # share ran out repeats the first batch and does not count it.
-    per_process = math.ceil(len(starts) / accelerator.num_processes)
+    per_process = math.ceil(len(batches) / accelerator.num_processes)
     with objective.frozen_state():
         for i in range(per_process):
             position = accelerator.process_index * per_process + i
-            start = starts[position] if position < len(starts) else starts[0]
-            batch = collate(data.eval[start:start + batch_size], tokenizer.pad_token_id).to(accelerator.device)
+            indices = batches[position] if position < len(batches) else batches[0]
+            batch = collate([data.eval[j] for j in indices], tokenizer.pad_token_id).to(accelerator.device)
             out, policy_logps = compute_objective(objective, policy, reference, batch, accelerator, aux_models)
-            stats.add(out, policy_logps, count=position < len(starts))
+            stats.add(out, policy_logps, count=position < len(batches))
     policy.train()
     return {f"eval/{k}": v for k, v in stats.reduce(accelerator).items() if not math.isnan(v)}
 

@@ -21,6 +21,8 @@ class BatchPlan:
     seed: int
     steps: int | None = None
     epochs: float = 1.0
+    shuffle: bool = True             # False: every epoch in data order
+    groups: tuple[int, ...] | None = None  # a group per example; a global batch never mixes groups
 
     def __post_init__(self) -> None:
         if self.steps_per_epoch < 1:
@@ -34,8 +36,10 @@ class BatchPlan:
 
     @property
     def steps_per_epoch(self) -> int:
-        """Full global batches per pass over the data (the incomplete last batch is dropped)."""
-        return self.num_examples // self.global_batch
+        """Full global batches per pass over the data (the incomplete last batch of each group is dropped)."""
+        if self.groups is None:
+            return self.num_examples // self.global_batch
+        return sum(len(members) // self.global_batch for members in indices_by_group(self.groups))
 
     @property
     def total_steps(self) -> int:
@@ -48,9 +52,21 @@ class BatchPlan:
         """The global batch of optimizer step `step`: a slice of that epoch's permutation."""
         epoch, position = divmod(step, self.steps_per_epoch)
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        order = torch.randperm(self.num_examples, generator=generator)
-        start = position * self.global_batch
-        return order[start:start + self.global_batch].tolist()
+        if self.groups is None:
+            order = torch.randperm(self.num_examples, generator=generator) if self.shuffle else \
+                torch.arange(self.num_examples)
+            start = position * self.global_batch
+            return order[start:start + self.global_batch].tolist()
+        # Full batches of each group (members shuffled within it), then the batches shuffled.
+        batches = []
+        for members in indices_by_group(self.groups):
+            if self.shuffle:
+                members = [members[i] for i in torch.randperm(len(members), generator=generator).tolist()]
+            full = len(members) // self.global_batch * self.global_batch
+            batches += [members[i:i + self.global_batch] for i in range(0, full, self.global_batch)]
+        if self.shuffle:
+            batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+        return batches[position]
 
     def micro_batches(self, step: int, rank: int) -> list[list[int]]:
         """The micro-batches process `rank` runs at `step`, in order."""
@@ -60,3 +76,17 @@ class BatchPlan:
             start = (micro * self.world_size + rank) * self.batch_size
             out.append(indices[start:start + self.batch_size])
         return out
+
+
+def indices_by_group(groups) -> list[list[int]]:
+    """The example indices of each group, in data order, groups in sorted order."""
+    members: dict[int, list[int]] = {}
+    for index, group in enumerate(groups):
+        members.setdefault(group, []).append(index)
+    return [members[group] for group in sorted(members)]
+
+
+def batches_by_group(groups: list[int], batch_size: int) -> list[list[int]]:
+    """Consecutive batches of at most batch_size indices that never mix groups (held-out evaluation)."""
+    return [indices[i:i + batch_size] for indices in indices_by_group(groups)
+            for i in range(0, len(indices), batch_size)]
