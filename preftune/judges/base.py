@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import threading
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Sequence
 
 Comparison = tuple[str, str, str]  # (prompt, a, b)
@@ -44,7 +44,7 @@ class JudgeStats:
                 setattr(self, key, getattr(self, key) + value)
 
     def as_dict(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if not k.startswith("_")}
+        return {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}
 
 
 class Judge:

@@ -48,7 +48,7 @@ def mnpo(policy: Logps, reference: Logps, *, history: Sequence[Logps], eta: floa
 def mnpo_tabular_check(fn=mnpo):
     """online.md §6 Test on the §16 matrix, pi_ref = (.6, .3, .1), step 1/eta = 1, rho = 0.1 (beta = 0.1),
     pairs from pi_t with Bernoulli winners and the registered loss fitting every iterate: (i) the
-    minimiser equals the closed-form update with lambda = (.5, .5) and distinct pi_t, pi_{t-1};
+    minimiser equals the closed-form update with lambda = (.7, .3) and distinct pi_t, pi_{t-1};
     (ii) the loss-driven last iterate converges to pi*_beta: KL ~ 1e-5 at t = 50 with lambda = (1, 0)
     (INPO's rate) and ~2.6e-4 with lambda = (.5, .5), slower but converging (pi_{-1} = pi_0)."""
     from preftune.methods.registry import CheckResult
@@ -65,9 +65,9 @@ def mnpo_tabular_check(fn=mnpo):
         return minimise_round(loss, data, log_ref, history[0])
 
     history = [log_policy([0.2, 0.5, 0.3]), log_policy([0.5, 0.25, 0.25])]
-    loss = method_loss("mnpo", fn, eta=1.0, ratio=rho, history_weights=(0.5, 0.5))
-    results = [compare_vectors("mnpo", "loss minimiser = closed-form update, lambda = (.5, .5), rho = 0.1, 1/eta = 1",
-                               mnpo_update(game, history, (0.5, 0.5), log_ref, rho, 1.0).exp(),
+    loss = method_loss("mnpo", fn, eta=1.0, ratio=rho, history_weights=(0.7, 0.3))
+    results = [compare_vectors("mnpo", "loss minimiser = closed-form update, lambda = (.7, .3), rho = 0.1, 1/eta = 1",
+                               mnpo_update(game, history, (0.7, 0.3), log_ref, rho, 1.0).exp(),
                                fit(loss, history).exp(), 1e-9, labels=[f"pi(y{k})" for k in range(3)])]
     target = regularised_equilibrium(game, SECTION16_REF, rho)
     for weights, paper_kl, tolerance in (((1.0, 0.0), 1e-5, 1e-6), ((0.5, 0.5), 2.6e-4, 1e-5)):

@@ -30,7 +30,7 @@ from preftune.tasks.base import register_task
 
 STYLES = ("formal", "casual", "poetic")
 # Canonical answers; their first bytes differ, so the style is decided by the first token.
-CANONICAL = {"formal": "Good day to you.", "casual": "Hey there!", "poetic": "O bright morn!"}
+CANONICAL = {"formal": "Good day.", "casual": "Hey!", "poetic": "O fair morn!"}
 RANKINGS = ((0, 1, 2), (1, 2, 0), (2, 0, 1))  # best first, one per annotator
 NOISE = (0.1, 0.3, 0.2)                       # each annotator's label-flip probability
 REFERENCE_MIX = (0.6, 0.3, 0.1)               # style frequencies of the demonstrations (the SFT policy)
