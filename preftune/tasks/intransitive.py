@@ -29,8 +29,9 @@ from preftune.tabular.preferences import PreferenceModel
 from preftune.tasks.base import register_task
 
 STYLES = ("formal", "casual", "poetic")
-# Canonical answers; their first bytes differ, so the style is decided by the first token.
-CANONICAL = {"formal": "Good day.", "casual": "Hey!", "poetic": "O fair morn!"}
+# Canonical answers: their first bytes differ, so the style is decided by the first token, and they
+# have the same length, so SFT's token-mean loss weighs the styles as the demonstrations do.
+CANONICAL = {"formal": "Good day.", "casual": "Hey mate!", "poetic": "Lo, morn!"}
 RANKINGS = ((0, 1, 2), (1, 2, 0), (2, 0, 1))  # best first, one per annotator
 NOISE = (0.1, 0.3, 0.2)                       # each annotator's label-flip probability
 REFERENCE_MIX = (0.6, 0.3, 0.1)               # style frequencies of the demonstrations (the SFT policy)
