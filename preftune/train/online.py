@@ -414,7 +414,7 @@ class OnlineLoop:
         metrics = stats.reduce(self.accelerator)
         metrics["grad_norm"] = float(grad_norm)
         if slow_loss is not None:
-            metrics["slow_dpo_loss"] = float(slow_loss.mean())
+            metrics["slow_dpo_loss"] = float(slow_loss.detach().mean())
         return metrics
 
     def slow_module_loss(self, batch, reference: Logps):
