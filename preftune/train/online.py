@@ -516,8 +516,10 @@ def warm_start(cfg: OnlineConfig) -> str:
     from preftune.train.loop import train
 
     w = cfg.warm_start
+    # A sample of the demonstrations stands for the task's content: changing the task changes the key.
     settings = {"task": cfg.task, "options": cfg.task_options, "model": cfg.model.name_or_path,
-                "dtype": cfg.model.dtype, "warm_start": to_dict(w), "seed": cfg.train.seed}
+                "dtype": cfg.model.dtype, "warm_start": to_dict(w), "seed": cfg.train.seed,
+                "demonstrations": get_task(cfg.task, **cfg.task_options).demonstrations(16, w.noise, cfg.train.seed)}
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     root = Path(os.environ.get("PREFTUNE_CACHE", Path.home() / ".cache" / "preftune")) / "online-warm-start" / key
     if (root / "model" / "config.json").exists():
