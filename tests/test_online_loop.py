@@ -84,8 +84,9 @@ def test_win_rates_include_the_sample_itself_as_sppo_does():
 
 def test_best_worst_pairs_the_extremes_with_their_targets():
     row, = build_rows("best_worst", [group()])
-    assert row.picks == (0, 1) and row.soft_label == 0.9
+    assert row.picks == (0, 1) and row.preference == 0.9
     assert row.win_rate == pytest.approx([0.65, 0.375])
+    assert row.soft_label == pytest.approx(1 / (1 + math.exp(0.375 - 0.65)))  # DNO Alg. 1's label
 
 
 def test_best_worst_on_two_samples_gives_egpo_the_variance_reduced_target():

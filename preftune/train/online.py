@@ -312,6 +312,7 @@ class OnlineLoop:
         return {"iteration": t, "phase": phase, "prompt": samples.prompts[g],
                 "responses": [samples.texts[g][k] for k in row.picks], "win_rate": row.win_rate,
                 **({"soft_label": row.soft_label} if row.soft_label is not None else {}),
+                **({"preference": row.preference} if row.preference is not None else {}),
                 "prompt_ids": samples.prompt_ids[g], "response_ids": [samples.ids[g][k] for k in row.picks]}
 
     def replay(self, t: int, new_rows: int) -> list[dict]:

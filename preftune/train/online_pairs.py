@@ -8,7 +8,9 @@ samples and carry the targets the methods declare as extras:
   win_rate:   P^(y > pi_t) = (1/k) sum_j P[y][j] over the prompt's samples, j = y included (the
               SPPO estimate, online.md §2 step 3; over the judged entries only when some are missing);
               against an opponent, the mean of P(y > y'_j) over its samples (Nash-MP, online.md §5b);
-  soft_label: P(chosen > rejected) from the judge (DNO Alg. 1; 1.0 for DNO-Prct's hard pairs).
+  soft_label: DNO's label sigmoid(r_t(chosen) - r_t(rejected)) with r_t = win_rate (Alg. 1,
+              online.md §1a), or 1.0 for DNO-Prct's hard pairs (`dno_margin`).
+Each pair row also keeps the judge's own P(chosen > rejected) as `preference`, for the record.
 
 Builders (online.md): best_worst (SPPO, APO, MNPO, online DPO; with k = 2 and the win-rates it
 is EGPO's variance-reduced target), all_pairs, tournament (INPO's knockout: winners' bracket
@@ -18,6 +20,7 @@ opponent (one row per sample, for the policy-gradient methods).
 """
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 
@@ -52,6 +55,7 @@ class Row:
     picks: tuple[int, ...]
     win_rate: list[float]
     soft_label: float | None = None
+    preference: float | None = None
 
 
 def sample_labels(groups: list[Group], rng: random.Random) -> None:
@@ -90,7 +94,8 @@ def _pair(group: Group, winner: int, loser: int, rates: list[float | None]) -> R
     if p is None or rates[winner] is None or rates[loser] is None or \
             group.responses[winner] == group.responses[loser]:
         return None
-    return Row(0, (winner, loser), [rates[winner], rates[loser]], soft_label=p)
+    return Row(0, (winner, loser), [rates[winner], rates[loser]],
+               soft_label=1 / (1 + math.exp(rates[loser] - rates[winner])), preference=p)
 
 
 def _best_worst(group: Group, **_) -> list[Row]:
