@@ -147,8 +147,11 @@ def run_online(cfg: OnlineConfig, resume: bool = False,
     started = time.perf_counter()
 
     # --- the game: task, judge, objective and its schedule
-    task = get_task(cfg.task, **cfg.task_options)
-    judge = build_judge(cfg.judge.kind, task, **cfg.judge.options)
+    # One task per domain of a domain-shift sequence (one domain by default); a task's gold oracle
+    # follows the domain, any other judge stays the same.
+    tasks = [get_task(cfg.task, **{**cfg.task_options, **domain}) for domain in cfg.domains or [{}]]
+    judges = [build_judge(cfg.judge.kind, task, **cfg.judge.options) for task in tasks] if cfg.judge.kind == "task" \
+        else [build_judge(cfg.judge.kind, tasks[0], **cfg.judge.options)] * len(tasks)
     objective = build_objective(cfg.loss)
     schedule = resolve_schedule(cfg, objective)
 
@@ -171,7 +174,7 @@ def run_online(cfg: OnlineConfig, resume: bool = False,
     optimizer = torch.optim.AdamW(parameters, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     for group in optimizer.param_groups:
         group["base_lr"] = group["lr"]
-    loop = OnlineLoop(cfg, task, judge, objective, schedule, model, tokenizer, snapshots, optimizer, fast_slow,
+    loop = OnlineLoop(cfg, tasks, judges, objective, schedule, model, tokenizer, snapshots, optimizer, fast_slow,
                       accelerator, on_step_end)
 
     # --- where to start: a fresh run, or the checkpoint of the last completed iteration
@@ -203,7 +206,7 @@ def run_online(cfg: OnlineConfig, resume: bool = False,
 
     model.save_pretrained(str(run_dir / "model"))
     tokenizer.save_pretrained(str(run_dir / "model"))
-    summary["judge"] = judge.stats.as_dict()
+    summary["judge"] = [j.stats.as_dict() for j in judges[:len(set(map(id, judges)))]]
     write_summary(run_dir, summary, started)
     release_accelerator()
     return run_dir
@@ -212,16 +215,20 @@ def run_online(cfg: OnlineConfig, resume: bool = False,
 class OnlineLoop:
     """The state of a run and the three stages of an iteration (collect, update, evaluate)."""
 
-    def __init__(self, cfg: OnlineConfig, task, judge, objective: Objective, schedule: Schedule, model, tokenizer,
-                 snapshots: PolicySnapshots, optimizer, fast_slow: FastSlowAdapters | None, accelerator,
+    def __init__(self, cfg: OnlineConfig, tasks: list, judges: list, objective: Objective, schedule: Schedule, model,
+                 tokenizer, snapshots: PolicySnapshots, optimizer, fast_slow: FastSlowAdapters | None, accelerator,
                  on_step_end=None):
-        self.cfg, self.task, self.judge, self.objective, self.schedule = cfg, task, judge, objective, schedule
+        self.cfg, self.tasks, self.judges, self.objective, self.schedule = cfg, tasks, judges, objective, schedule
+        self.task, self.judge = tasks[0], judges[0]
+        if cfg.schedule.fast_slow.cofs and not (fast_slow and len(tasks) > 1):
+            raise ValueError("schedule.fast_slow.cofs combines the fast adapters of successive domains: it needs "
+                             "the fast/slow schedule and at least two `domains`")
         self.model, self.tokenizer, self.snapshots, self.optimizer = model, tokenizer, snapshots, optimizer
         self.fast_slow, self.accelerator, self.on_step_end = fast_slow, accelerator, on_step_end
         self.device = accelerator.device
-        self.train_prompts = task.prompts("train")
+        self.train_prompts = self.task.prompts("train")
         random.Random(cfg.train.seed).shuffle(self.train_prompts)
-        self.eval_prompts = task.prompts("test", cfg.eval.prompts)
+        self.eval_prompts = self.task.prompts("test", cfg.eval.prompts)
         self.initial_eval: dict = {}
 
     # -- one iteration ------------------------------------------------------------------------------------
@@ -229,6 +236,8 @@ class OnlineLoop:
     def iteration(self, t: int) -> dict:
         """Begin, collect, update (one or two phases), end; returns the iteration's statistics."""
         cfg, schedule, snapshots = self.cfg, self.schedule, self.snapshots
+        domain = self.domain_of(t)
+        self.task, self.judge = self.tasks[domain], self.judges[domain]
         directory = self.cfg.run_dir / "iterations" / f"iter-{t:03d}"
         directory.mkdir(parents=True, exist_ok=True)
         snapshots.save("previous")
@@ -261,8 +270,61 @@ class OnlineLoop:
                 stats.get("full/slow_dpo_loss", math.inf) < stats.get("full/dpo_loss", -math.inf):
             self.fast_slow.swap(self.optimizer)
             stats["swapped"] = True
+        if len(self.tasks) > 1 and t == self.last_iteration_of(domain):
+            if cfg.schedule.fast_slow.cofs and domain > 0:
+                stats.update(self.cofs_combine(domain))
+            snapshots.save(f"domain:{domain}")
+        stats["domain"] = domain
         stats["judge"] = self.judge.stats.as_dict()
         return stats
+
+    def domain_of(self, t: int) -> int:
+        """The domain of iteration t: the iterations are split into equal consecutive blocks."""
+        return t * len(self.tasks) // self.cfg.iterations
+
+    def last_iteration_of(self, domain: int) -> int:
+        return max(t for t in range(self.cfg.iterations) if self.domain_of(t) == domain)
+
+    def cofs_combine(self, domain: int) -> dict:
+        """COFS-DPO (online.md §8 [R]): the fast adapter becomes w theta_{domain-1} + (1 - w) theta_domain, with w
+        on a grid of 11 values minimising the fast adapter's DPO loss on a replay memory made of the last
+        iteration's pairs of every domain so far (`cofs_memory` rows each), scored against pi_ref."""
+        fast = [name for name in self.snapshots.parameters if f".{self.fast_slow.fast}." in name]
+        old = self.snapshots.saved[f"domain:{domain - 1}"]
+        new = {name: self.snapshots.parameters[name].detach().clone() for name in fast}
+        memory = []
+        for d in range(domain + 1):
+            t = self.last_iteration_of(d)
+            rows = [r for r in read_jsonl(self.cfg.run_dir / "iterations" / f"iter-{t:03d}" / "pairs.jsonl")
+                    if r["phase"] == "full" and r["iteration"] == t and len(r["response_ids"]) == 2]
+            memory += random.Random(self.cfg.train.seed + d).sample(rows, min(self.cfg.schedule.fast_slow.cofs_memory,
+                                                                              len(rows)))
+        examples = self.freeze(memory, [])
+        beta = self.objective.terms[0].params.get("beta", self.objective.terms[0].spec.hyperparameters["beta"])
+        losses = {}
+        for w in [k / 10 for k in range(11)]:
+            with torch.no_grad():
+                for name in fast:
+                    self.snapshots.parameters[name].copy_(w * old[name] + (1 - w) * new[name])
+            losses[w] = self.memory_dpo_loss(examples, beta)
+        best = min(losses, key=losses.get)
+        with torch.no_grad():
+            for name in fast:
+                self.snapshots.parameters[name].copy_(best * old[name] + (1 - best) * new[name])
+        return {"cofs_weight": best, "cofs_memory_loss": round(losses[best], 6),
+                "cofs_memory_loss_without": round(losses[0.0], 6), "cofs_memory_rows": len(examples)}
+
+    @torch.no_grad()
+    def memory_dpo_loss(self, examples: list[TokenizedExample], beta: float, batch_size: int = 64) -> float:
+        from preftune.methods.dpo import dpo
+
+        total = 0.0
+        for start in range(0, len(examples), batch_size):
+            batch = collate(examples[start:start + batch_size], self.tokenizer.pad_token_id).to(self.device)
+            policy = sequence_logps(self.model, batch)
+            reference = Logps(sum=batch.extras["logps:reference"].to(policy.sum.dtype), length=policy.length)
+            total += float(dpo(policy, reference, beta=beta).loss.sum())
+        return total / max(1, len(examples))
 
     # -- collect: sample, judge, build, freeze -------------------------------------------------------------
 
@@ -443,6 +505,9 @@ class OnlineLoop:
                 self.initial_eval["probs"] = probs
             metrics.update(game_metrics(self.task.preference_matrix(), probs, self.initial_eval["probs"], e.gap_beta))
             metrics["answer_set_mass"] = float(mass.mean())
+            for d, task in enumerate(self.tasks if len(self.tasks) > 1 else []):  # forgetting across domains
+                scores = game_metrics(task.preference_matrix(), probs, self.initial_eval["probs"])
+                metrics.update({f"domain{d}/{k}": scores[k] for k in ("duality_gap", "win_rate_vs_initial")})
         texts = sample(self.model, self.tokenizer, self.eval_prompts, e.samples_per_prompt, e.temperature, s.top_p,
                        s.max_new_tokens, s.batch_size, 424242, False).texts
         if t == 0 or "texts" not in self.initial_eval:

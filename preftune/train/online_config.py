@@ -60,6 +60,10 @@ class FastSlowConfig:
     enabled: Union[bool, str] = "auto"   # two LoRA adapters, fast and slow (OFS-DPO); auto: on for ofs_dpo
     slow_lr_ratio: float = 0.25          # slow learning rate = ratio x train.lr
     swap: bool = False                   # exchange the roles when the slow module's DPO loss is lower [R]
+    cofs: bool = False                   # COFS-DPO [R]: at the end of each domain after the first, the fast
+                                         # adapter becomes w x (previous domain's) + (1 - w) x (this domain's),
+                                         # w on a grid minimising its DPO loss on a replay memory of the domains
+    cofs_memory: int = 32                # replay rows per domain (from the domain's last iteration)
 
 
 @dataclass
@@ -91,6 +95,8 @@ class OnlineConfig:
     loss: Union[str, dict] = "sppo"
     iterations: int = 3
     prompts_per_iteration: int = 64
+    domains: list[dict] = field(default_factory=list)  # a domain-shift sequence: task_options overrides, one per
+                                                 # domain, each for an equal share of the iterations
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     pairs: PairsConfig = field(default_factory=PairsConfig)
