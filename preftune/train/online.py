@@ -41,14 +41,14 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
+from preftune.config import DataConfig, RunConfig, TaskDataConfig, TrainConfig, to_dict
 from preftune.config import LoraConfig as LoraSection
-from preftune.config import RunConfig, TaskDataConfig, DataConfig, TrainConfig, to_dict
 from preftune.data.collate import collate
 from preftune.data.tokenize import TokenizedExample
 from preftune.judges import build_judge, preference_matrix
 from preftune.logps import sequence_logps
 from preftune.methods import Objective, build_objective
-from preftune.methods.common import neg_log_sigmoid
+from preftune.methods.dpo import dpo
 from preftune.records import Logps
 from preftune.sampling import sample
 from preftune.tasks import get_task
@@ -300,7 +300,7 @@ class OnlineLoop:
             memory += random.Random(self.cfg.train.seed + d).sample(rows, min(self.cfg.schedule.fast_slow.cofs_memory,
                                                                               len(rows)))
         examples = self.freeze(memory, [])
-        beta = self.objective.terms[0].params.get("beta", self.objective.terms[0].spec.hyperparameters["beta"])
+        beta = self.fast_term_beta()
         losses = {}
         for w in [k / 10 for k in range(11)]:
             with torch.no_grad():
@@ -316,8 +316,6 @@ class OnlineLoop:
 
     @torch.no_grad()
     def memory_dpo_loss(self, examples: list[TokenizedExample], beta: float, batch_size: int = 64) -> float:
-        from preftune.methods.dpo import dpo
-
         total = 0.0
         for start in range(0, len(examples), batch_size):
             batch = collate(examples[start:start + batch_size], self.tokenizer.pad_token_id).to(self.device)
@@ -482,11 +480,13 @@ class OnlineLoop:
 
     def slow_module_loss(self, batch, reference: Logps):
         """OFS-DPO's slow adapter: its plain DPO loss (at the fast term's beta) and its detached log-probs."""
-        beta = self.objective.terms[0].params.get("beta", self.objective.terms[0].spec.hyperparameters["beta"])
         with self.fast_slow.active(self.fast_slow.slow):
             slow = sequence_logps(self.model, batch)
-        ratios = beta * (slow.sum - reference.sum)
-        return slow.detach(), neg_log_sigmoid(ratios[:, 0] - ratios[:, 1])
+        return slow.detach(), dpo(slow, reference, beta=self.fast_term_beta()).loss
+
+    def fast_term_beta(self) -> float:
+        term = self.objective.terms[0]
+        return term.params.get("beta", term.spec.hyperparameters["beta"])
 
     # -- evaluate ----------------------------------------------------------------------------------------------
 
