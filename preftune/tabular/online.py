@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from preftune.records import Logps
-from preftune.tabular.bandit import DTYPE, as_float64
+from preftune.tabular.bandit import as_float64
 from preftune.tabular.expected import LossFn, single_threaded
 from preftune.tabular.games import kl_divergence
 from preftune.tabular.preferences import PreferenceModel
@@ -41,10 +41,9 @@ SECTION16 = PreferenceModel.from_matrix([[0.5, 0.9, 0.4], [0.1, 0.5, 0.7], [0.6,
 SECTION16_REF = (0.6, 0.3, 0.1)
 
 
-def log_policy(probs_or_logits, logits: bool = False) -> Tensor:
-    """Normalised (K,) log-probabilities from probabilities (default) or from logits."""
-    values = as_float64(probs_or_logits)
-    return torch.log_softmax(values if logits else values.log(), dim=-1)
+def log_policy(probs) -> Tensor:
+    """Normalised (K,) float64 log-probabilities of a probability vector."""
+    return torch.log_softmax(as_float64(probs).log(), dim=-1)
 
 
 # -- closed-form updates (online.md §0 table, internal parametrisation) ------------------------
