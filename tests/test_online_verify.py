@@ -126,3 +126,16 @@ def test_online_check_fails_on_a_broken_copy_of_the_loss(method, broken, failing
         return
     failed = [r.property for r in results if not r.passed]
     assert any(failing_property in prop for prop in failed), f"{broken.__name__} passed: {results}"
+
+
+def test_one_sided_check_results():
+    from preftune.methods import CheckResult
+
+    below = CheckResult("m", "rate at most its bound", 0.9, 0.8, 0.0, bound="<=")
+    above = CheckResult("m", "rate at most its bound", 0.9, 0.95, 0.0, bound="<=")
+    assert below.passed and below.error == 0.0
+    assert not above.passed and above.error == pytest.approx(0.05)
+    assert CheckResult("m", "keeps cycling", 0.1, 0.18, 0.0, bound=">=").passed
+    assert not CheckResult("m", "diverged", 0.1, float("nan"), 0.0, bound=">=").passed
+    with pytest.raises(ValueError, match="bound"):
+        CheckResult("m", "p", 0.0, 0.0, 0.0, bound="<")

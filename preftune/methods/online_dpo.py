@@ -60,5 +60,5 @@ def online_dpo_tabular_check(fn=online_dpo):
         gaps.append(exploitability(game, log_pi.exp(), beta, log_ref.exp()))
     lowest = min(gaps[5:])
     results.append(CheckResult("online_dpo", "intransitive §16: regularised exploitability of rounds 6-12 stays "
-                                             ">= 0.03 (pi*_beta: 0)", 0.03, lowest, 0.0, passed=lowest >= 0.03))
+                                             ">= 0.03 (pi*_beta: 0)", 0.03, lowest, 0.0, bound=">="))
     return results
