@@ -326,3 +326,28 @@ def test_cofs_combines_the_fast_adapters_of_two_domains(tmp_path):
     assert all(f"domain{d}/duality_gap" in r for r in rows for d in (0, 1))
     # The two panels are different games: the same policy has different gaps under them.
     assert rows[0]["domain0/duality_gap"] != pytest.approx(rows[0]["domain1/duality_gap"])
+
+
+@pytest.mark.slow
+def test_the_loop_takes_a_local_reward_model_as_its_judge(tmp_path):
+    """judge.kind: reward_model, an AutoModelForSequenceClassification saved with save_pretrained."""
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    from preftune.models import build_tiny_tokenizer
+    from preftune.train.online import run_online
+
+    tokenizer = build_tiny_tokenizer()
+    tokenizer.chat_template = None
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2, num_labels=1, pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    LlamaForSequenceClassification(config).save_pretrained(tmp_path / "rm")
+    tokenizer.save_pretrained(tmp_path / "rm")
+    recipe = Path(__file__).resolve().parents[1] / "configs" / "online" / "sppo.yaml"
+    overrides = tiny_overrides(tmp_path, 1) + ["--judge.kind=reward_model", "--judge.labels=probability",
+                                               f"--judge.options={{path: {tmp_path / 'rm'}}}"]
+    run_dir = run_online(load_online_config(recipe, overrides))
+    summary = json.loads((run_dir / "online_summary.json").read_text())
+    pairs = read_jsonl(run_dir / "iterations" / "iter-000" / "pairs.jsonl")
+    assert pairs and all(0 < p["preference"] < 1 for p in pairs)  # Bradley-Terry probabilities, not hard labels
+    assert summary["judge"][0]["requests"] > 0 and summary["judge"][0]["failed"] == 0
