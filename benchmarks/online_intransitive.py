@@ -17,6 +17,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "configs" / "online"
 
@@ -31,27 +33,37 @@ def run(method: str, out: Path, threads: int, extra: list[str]) -> dict:
                                 f"--output_dir={out}/{{name}}", "--train.progress=false", *extra],
                                stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
     seconds = time.perf_counter() - started
-    summaries = sorted(out.glob("*/online_summary.json"))
-    summary = next((json.loads(p.read_text()) for p in summaries
-                    if json.loads(p.read_text())["method"].split("(")[0] == method), None)
+    path = out / yaml.safe_load((RECIPES / f"{method}.yaml").read_text())["name"] / "online_summary.json"
+    summary = json.loads(path.read_text()) if code == 0 and path.exists() else None
     return {"method": method, "code": code, "seconds": round(seconds, 1), "summary": summary}
 
 
 def table(results: list[dict]) -> str:
-    lines = ["| method | iterations | duality gap per iteration (0 = initial) | exact win-rate vs initial | "
-             "sampled win-rate vs initial | style probs at the end | answer-set mass | wall s |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| recipe: objective | iterations | duality gap per iteration (0 = initial) | regularised gap (beta 0.1) | "
+             "exact win-rate vs initial | sampled win-rate vs initial | style probs at the end | answer-set mass | "
+             "wall s |", "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         s = r["summary"]
         if s is None:
-            lines.append(f"| {r['method']} | failed (exit {r['code']}) | | | | | | {r['seconds']} |")
+            lines.append(f"| {r['method']} | failed (exit {r['code']}) | | | | | | | {r['seconds']} |")
             continue
         rows = s["iterations"]
         fmt = lambda key: " → ".join(f"{row[key]:.3f}" for row in rows if key in row)  # noqa: E731
         last = rows[-1]
-        lines.append(f"| {s['method']} | {len(rows) - 1} | {fmt('duality_gap')} | {fmt('win_rate_vs_initial')} | "
+        lines.append(f"| {r['method']}: {s['method']} | {len(rows) - 1} | {fmt('duality_gap')} | "
+                     f"{fmt('duality_gap_regularised')} | {fmt('win_rate_vs_initial')} | "
                      f"{fmt('sampled_win_rate_vs_initial')} | ({', '.join(f'{p:.2f}' for p in last['style_probs'])}) | "
                      f"{last['answer_set_mass']:.3f} | {s['wall_seconds']:.0f} |")
+    shifted = [r for r in results if r["summary"] and "domain0/duality_gap" in r["summary"]["iterations"][0]]
+    if shifted:
+        lines += ["", "Domain-shift runs: the duality gap under each annotator panel (forgetting shows in domain 0's).",
+                  "", "| recipe | domain of each iteration | domain 0 gap | domain 1 gap | COFS weight w |", "|---|---|---|---|---|"]
+        for r in shifted:
+            rows = r["summary"]["iterations"]
+            gaps = [" → ".join(f"{row[f'domain{d}/duality_gap']:.3f}" for row in rows) for d in (0, 1)]
+            weights = ", ".join(f"{row['cofs_weight']:.1f}" for row in rows if "cofs_weight" in row) or "-"
+            domains = ", ".join(str(row["domain"]) for row in rows[1:])
+            lines.append(f"| {r['method']} | {domains} | {gaps[0]} | {gaps[1]} | {weights} |")
     return "\n".join(lines)
 
 
