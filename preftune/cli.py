@@ -1,4 +1,4 @@
-"""The `preftune` command line: sft, train, eval, generate, methods, verify, quickstart."""
+"""The `preftune` command line: sft, train, online, eval, generate, methods, verify, quickstart."""
 from __future__ import annotations
 
 import argparse
@@ -89,6 +89,14 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=_Formatter)
     p.add_argument("--config", type=Path, help="pipeline recipe (default: configs/quickstart.yaml settings)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+    p = sub.add_parser("online", help="online / self-play training: iterations of sample -> judge -> pairs -> update",
+                       description="Run an online method (online_dpo, dno, sppo, inpo, egpo, nash_mp, mnpo, apo, "
+                                   "ofs_dpo) for several iterations; see configs/online/. Keys can be overridden "
+                                   "as --section.key=value, e.g. --iterations=5 --train.lr=1e-4.",
+                       formatter_class=_Formatter)
+    p.add_argument("--config", type=Path, help="online recipe (configs/online/<method>.yaml)")
+    p.add_argument("--resume", action="store_true", help="continue a stopped run at the iteration it stopped in")
     return parser
 
 
@@ -119,16 +127,18 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     _quiet_libraries()
-    if args.command not in ("train", "sft", "quickstart"):
+    if args.command not in ("train", "sft", "quickstart", "online"):
         if extras:
             parser.error(f"unrecognised arguments: {' '.join(extras)}")
     handler = {"train": cmd_train, "sft": cmd_train, "eval": cmd_eval, "generate": cmd_generate,
-               "methods": cmd_methods, "verify": cmd_verify, "quickstart": cmd_quickstart}[args.command]
+               "methods": cmd_methods, "verify": cmd_verify, "quickstart": cmd_quickstart,
+               "online": cmd_online}[args.command]
     from preftune.config import ConfigError
     from preftune.data.formats import DataError
 
     try:
-        return handler(args, _overrides(parser, extras) if args.command in ("train", "sft", "quickstart") else [])
+        return handler(args, _overrides(parser, extras) if args.command in ("train", "sft", "quickstart", "online")
+                       else [])
     except (ConfigError, DataError, KeyError, ValueError, FileNotFoundError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"preftune {args.command}: error: {message}", file=sys.stderr)
@@ -153,6 +163,24 @@ def cmd_train(args, overrides: list[str]) -> int:
     summary = json.loads((run_dir / "train_summary.json").read_text())
     print(f"trained {summary['objective']} for {summary['steps']} steps; model: {summary['model_dir']}")
     print(f"run directory: {run_dir}")
+    return 0
+
+
+def cmd_online(args, overrides: list[str]) -> int:
+    from preftune.train.online import run_online
+    from preftune.train.online_config import load_online_config
+
+    cfg = load_online_config(args.config, overrides)
+    run_dir = run_online(cfg, resume=args.resume)
+    summary = json.loads((run_dir / "online_summary.json").read_text())
+    keys = [k for k in ("duality_gap", "win_rate_vs_initial", "sampled_win_rate_vs_initial", "gold_score")
+            if k in summary["iterations"][0]]
+    print(f"\n{summary['method']} on {summary['task']}: {len(summary['iterations']) - 1} iterations, "
+          f"{summary['wall_seconds']:.0f} s")
+    print("iteration  " + "  ".join(f"{k:>28}" for k in keys))
+    for row in summary["iterations"]:
+        print(f"{row['iteration']:>9}  " + "  ".join(f"{row.get(k, float('nan')):>28.4f}" for k in keys))
+    print(f"run directory: {run_dir} (online_summary.json, online_curve.png, iterations/)")
     return 0
 
 

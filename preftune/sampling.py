@@ -31,8 +31,8 @@ class Samples:
 @torch.no_grad()
 def sample(model, tokenizer, prompts: list, n: int = 1, temperature: float = 1.0, top_p: float = 1.0,
            max_new_tokens: int = 64, batch_size: int = 64, seed: int = 0, progress: bool = True,
-           desc: str = "sample") -> Samples:
-    """Generate `n` responses per prompt. temperature 0 is greedy decoding.
+           desc: str = "sample", top_k: int = 0) -> Samples:
+    """Generate `n` responses per prompt. temperature 0 is greedy decoding; top_k 0 keeps every token.
 
     Each batch is seeded from (seed, batch index), so a run is reproducible and independent of
     what was sampled before it.
@@ -56,7 +56,7 @@ def sample(model, tokenizer, prompts: list, n: int = 1, temperature: float = 1.0
             input_ids[row, width - len(ids):] = torch.tensor(ids)
             attention[row, width - len(ids):] = 1
         torch.manual_seed(seed * 1_000_003 + b)
-        options = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) if temperature > 0 \
+        options = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k) if temperature > 0 \
             else dict(do_sample=False)
         output = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
                                 max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=eos,

@@ -9,6 +9,7 @@ defaults, so the signature is the single source of truth for names and defaults.
 from __future__ import annotations
 
 import inspect
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -22,7 +23,12 @@ STATE_ARGUMENT = "state"
 
 @dataclass
 class CheckResult:
-    """One line of `preftune verify`: a property of a method measured in the tabular engine."""
+    """One line of `preftune verify`: a property of a method measured in the tabular engine.
+
+    bound "=" (default): measured is expected within tolerance. "<=" / ">=": measured is at most /
+    at least expected (a rate below its bound, an iterate that keeps cycling); the error is then
+    how far it falls on the wrong side, 0 when the bound holds.
+    """
 
     method: str
     property: str
@@ -30,13 +36,22 @@ class CheckResult:
     measured: float
     tolerance: float
     passed: bool | None = None  # None: computed from the error and the tolerance
+    bound: str = "="
 
     def __post_init__(self) -> None:
+        if self.bound not in ("=", "<=", ">="):
+            raise ValueError(f"a check's bound is '=', '<=' or '>=', got {self.bound!r}")
         if self.passed is None:
-            self.passed = bool(abs(self.measured - self.expected) <= self.tolerance)
+            self.passed = bool(self.error <= self.tolerance)
 
     @property
     def error(self) -> float:
+        if math.isnan(self.measured) or math.isnan(self.expected):
+            return math.nan
+        if self.bound == "<=":
+            return max(0.0, self.measured - self.expected)
+        if self.bound == ">=":
+            return max(0.0, self.expected - self.measured)
         return abs(self.measured - self.expected)
 
 
