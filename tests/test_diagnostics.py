@@ -143,6 +143,7 @@ def uniform_model():
     return model, tokenizer
 
 
+@pytest.mark.slow
 def test_monitor_on_a_uniform_model_reports_the_uniform_values(uniform_model):
     from preftune.tasks import get_task
 

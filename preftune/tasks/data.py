@@ -58,8 +58,8 @@ def pairs_from_samples(task, samples, pairing: str = "best-worst", labeller: Lab
         else:
             candidates = [(a, b) for a in scored for b in scored if a[0] > b[0]]
         for chosen, rejected in candidates:
-            if labeller.flips(rng):
-                chosen, rejected = rejected, chosen
+            if labeller.flips(rng):  # the responses swap places; the annotator's scores stay in label order
+                chosen, rejected = (chosen[0], *rejected[1:]), (rejected[0], *chosen[1:])
             rows.append({"prompt": prompt, "chosen": chosen[1], "rejected": rejected[1],
                          "chosen_score": chosen[0], "rejected_score": rejected[0], **extra,
                          **({} if labeller.is_gold else {"chosen_gold": chosen[2], "rejected_gold": rejected[2]}),
