@@ -75,8 +75,9 @@ def add_parsers(sub, formatter=argparse.RawDescriptionHelpFormatter) -> None:
 
     p = sub.add_parser(
         "report", help="a self-contained HTML page with a run's plots and summary",
-        description="Write RUN_DIR/report.html: plots (embedded PNGs) and summary tables of a training run, a "
-                    "quickstart, a bench, a sweep or a probe. One file, viewable offline.")
+        description="Write RUN_DIR/report.html, one self-contained HTML page (plots embedded as PNGs, viewable "
+                    "offline) with the plots and summary tables of a training run, a quickstart, a bench, a sweep "
+                    "or a probe.")
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     p.add_argument("--out", type=Path, default=None, help="output file (default: RUN_DIR/report.html)")
 
