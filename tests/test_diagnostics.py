@@ -197,3 +197,44 @@ def test_training_loop_logs_diagnostics_at_step_zero_every_n_steps_and_at_the_en
     assert last["diag/token_kl"] > 0.0
     summary = json.loads((run_dir / "train_summary.json").read_text())
     assert summary["diagnostics"] == {"every": 2, "examples": 16, "examples_from": "held-out"}
+
+
+# --------------------------------------------------------------------------- warnings read from trajectories
+
+def _rows(entropy, mass, chosen, rejected, gold=None):
+    rows = []
+    for i, values in enumerate(zip(entropy, mass, chosen, rejected)):
+        row = dict(zip(["diag/top10_entropy", "diag/top10_mass", "diag/logps/chosen", "diag/logps/rejected"], values))
+        if gold is not None:
+            row["diag/gold_reward"] = gold[i]
+        rows.append({"step": 10 * i, **row})
+    return rows
+
+
+def test_peak_before_end_finds_a_turn_and_ignores_monotone_or_flat_ends():
+    from preftune.eval.diagnostics import peak_before_end
+
+    assert peak_before_end([1.0, 2.0, 3.0, 2.5, 2.0]) == 2
+    assert peak_before_end([1.0, 2.0, 3.0, 4.0]) is None
+    assert peak_before_end([1.0, 3.0, 2.999]) is None  # a fall within 1% of the peak is noise
+    assert peak_before_end([1.0, 2.0]) is None
+
+
+def test_warnings_name_the_turn_the_leak_the_collapse_and_the_gold_peak():
+    from preftune.eval.diagnostics import diagnostic_warnings
+
+    warnings = diagnostic_warnings(_rows(entropy=[2.0, 2.5, 2.8, 2.4, 2.1], mass=[0.9, 0.85, 0.8, 0.7, 0.6],
+                                         chosen=[-5, -6, -7, -8, -9], rejected=[-5, -8, -12, -16, -20],
+                                         gold=[0.5, 0.6, 0.7, 0.65, 0.6]))
+    assert len(warnings) == 4
+    assert "rose until step 20 and then fell" in warnings[0]
+    assert "leaking outside the top 10" in warnings[1]
+    assert "rejected one faster" in warnings[2]
+    assert "gold reward peaked at step 20 (0.700)" in warnings[3]
+
+
+def test_no_warnings_for_healthy_trajectories():
+    from preftune.eval.diagnostics import diagnostic_warnings
+
+    assert diagnostic_warnings(_rows(entropy=[2.0, 2.2, 2.4], mass=[0.9, 0.9, 0.91], chosen=[-5, -4.5, -4],
+                                     rejected=[-5, -6, -7], gold=[0.5, 0.6, 0.7])) == []

@@ -78,6 +78,51 @@ def implicit_reward_accuracy(policy_logps: Tensor, reference_logps: Tensor) -> f
     return float((ratio[:, 0] > ratio[:, 1]).double().mean())
 
 
+def peak_before_end(values: list[float], tolerance: float = 0.01) -> int | None:
+    """Index of the maximum of a trajectory when it is followed by a fall of more than
+    `tolerance`·|max| by the last value (a turn from rising to falling); None otherwise."""
+    if len(values) < 3:
+        return None
+    peak = max(range(len(values)), key=lambda i: values[i])
+    if peak == len(values) - 1 or values[peak] - values[-1] <= tolerance * abs(values[peak]):
+        return None
+    return peak
+
+
+def diagnostic_warnings(rows: list[dict], k: int = 10) -> list[str]:
+    """Plain-language warnings from logged diagnostics (rows of metrics.jsonl with diag/ keys).
+
+    Reads the signals of offline.md §11-12: the top-k entropy turning from rising to falling
+    (over-optimisation, Shi et al.), top-k mass falling while the entropy rises (mass leaking
+    outside the top k), the chosen log-likelihood falling with the rejected one (3D-properties),
+    and, on a task, where the gold reward peaked.
+    """
+    rows = [r for r in rows if f"diag/top{k}_entropy" in r]
+    if len(rows) < 3:
+        return []
+    steps = [r["step"] for r in rows]
+    series = lambda key: [r.get(key, float("nan")) for r in rows]  # noqa: E731
+    warnings = []
+    entropy, mass = series(f"diag/top{k}_entropy"), series(f"diag/top{k}_mass")
+    turn = peak_before_end(entropy)
+    if turn is not None and turn > 0:
+        warnings.append(f"top-{k} entropy rose until step {steps[turn]} and then fell: the over-optimisation "
+                        f"signal of Shi et al. (gold quality tends to peak there)")
+    if entropy[-1] > entropy[0] and mass[-1] < mass[0] - 0.01 * abs(mass[0]):
+        warnings.append(f"top-{k} entropy rose while top-{k} mass fell ({mass[0]:.3f} -> {mass[-1]:.3f}): "
+                        f"probability is leaking outside the top {k} tokens")
+    chosen, rejected = series("diag/logps/chosen"), series("diag/logps/rejected")
+    if chosen[-1] < chosen[0] and rejected[-1] < rejected[0] and rejected[0] - rejected[-1] > chosen[0] - chosen[-1]:
+        warnings.append(f"both log-likelihoods fell, the rejected one faster (chosen {chosen[0]:.2f} -> {chosen[-1]:.2f}, "
+                        f"rejected {rejected[0]:.2f} -> {rejected[-1]:.2f}): the drastic drop of 3D-properties")
+    if "diag/gold_reward" in rows[0]:
+        gold_peak = peak_before_end(series("diag/gold_reward"))
+        if gold_peak is not None:
+            warnings.append(f"gold reward peaked at step {steps[gold_peak]} ({rows[gold_peak]['diag/gold_reward']:.3f}) "
+                            f"and ended at {rows[-1]['diag/gold_reward']:.3f}")
+    return warnings
+
+
 # --------------------------------------------------------------------------- measured on models
 
 @torch.no_grad()

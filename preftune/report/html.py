@@ -131,6 +131,10 @@ def _training_section(page: Page, run_dir: Path, plots: Path, title: str = "Trai
     if diagnostics:
         page.image(plot_diagnostics(run_dir, plots / f"{run_dir.name}_diagnostics.png"), "training diagnostics on "
                    "held-out data")
+        from preftune.eval.diagnostics import diagnostic_warnings
+
+        for warning in diagnostic_warnings(diagnostics):
+            page.paragraph(f"Warning: {warning}.")
         first, last = diagnostics[0], diagnostics[-1]
         keys = [k for k in last if k.startswith("diag/")]
         page.table(["diagnostic", f"step {first['step']}", f"step {last['step']}"],
