@@ -31,7 +31,8 @@ from pathlib import Path
 
 import yaml
 
-from preftune.config import ConfigError, apply_override, from_dict, load_config, parse_override, to_dict
+from preftune.config import (ConfigError, RunConfig, apply_override, from_dict, load_config, parse_override,
+                             to_dict)
 
 STARTS = ("sft", "base")
 
@@ -182,7 +183,7 @@ def base_model_dir(cfg: BenchConfig, seed: int) -> Path:
 
 def prepare_assets(cfg: BenchConfig, task_name: str, seed: int, progress: bool = False) -> dict:
     """SFT model, preference samples and SFT baseline scores of one (task, seed); cached on disk."""
-    from preftune.config import DataConfig, RunConfig, TaskDataConfig, TrainConfig
+    from preftune.config import DataConfig, TaskDataConfig, TrainConfig
     from preftune.eval.task_eval import baseline_samples_scores, evaluate_on_task
     from preftune.models import load_causal_lm, load_tokenizer, save_tiny_model
     from preftune.sampling import sample
@@ -193,7 +194,7 @@ def prepare_assets(cfg: BenchConfig, task_name: str, seed: int, progress: bool =
     done = folder / "assets.json"
     if done.exists():
         return json.loads(done.read_text())
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     settings = cfg.task_settings(task_name)
     base = base_model_dir(cfg, seed)
     if not (base / "config.json").exists():
@@ -229,7 +230,8 @@ def prepare_assets(cfg: BenchConfig, task_name: str, seed: int, progress: bool =
         "base": evaluate_on_task(base_lm, tokenizer, task, test_prompts, reference=base_lm, baseline_scores=baseline,
                                  progress=False, **eval_options)}
     assets = {"task": task_name, "seed": seed, "base_model": str(base), "sft_model": sft_model,
-              "sft_seconds": round(sft_seconds, 2), "samples": str(folder / "samples.json"),
+              "sft_seconds": round(sft_seconds, 2), "cpu_seconds": round(time.process_time() - cpu_started, 2),
+              "samples": str(folder / "samples.json"),
               "baseline_scores": str(folder / "baseline_scores.json"), "evaluations": evaluations,
               "sample_gold_reward": sum(task.score(p, t) for _, p, t, _ in samples.flat()) /
               max(1, sum(1 for _ in samples.flat()))}
@@ -280,9 +282,7 @@ def cell_run_config(cfg: BenchConfig, cell: dict, assets: dict):
                          seed=cell["seed"], progress=False, log_every=5, checkpoint_every=0, eval_every=0)
     if cfg.preference.lr is not None:
         data["train"]["lr"] = cfg.preference.lr
-    data.setdefault("diagnostics", {})["every"] = 0
-    from preftune.config import RunConfig
-
+    data["diagnostics"]["every"] = 0
     return from_dict(RunConfig, data)
 
 
@@ -310,12 +310,12 @@ def run_cell(cfg_dict: dict, cell: dict) -> dict:
     path = cell_path(cfg, cell)
     if path.exists():
         return json.loads(path.read_text())
-    result = {**{k: cell[k] for k in ("task", "start", "method", "seed", "recipe", "loss")}}
+    result = {k: cell[k] for k in ("task", "start", "method", "seed", "recipe", "loss")}
     try:
         assets = json.loads((assets_dir(cfg, cell["task"], cell["seed"]) / "assets.json").read_text())
         run_cfg = cell_run_config(cfg, cell, assets)
         rows, data_stats = preference_rows(cfg, assets, rows_pairing(run_cfg))
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         run_dir = train(run_cfg, data_source=rows)
         train_seconds = time.perf_counter() - started
         summary = json.loads((run_dir / "train_summary.json").read_text())
@@ -330,7 +330,7 @@ def run_cell(cfg_dict: dict, cell: dict) -> dict:
                                    max_new_tokens=settings.max_new_tokens, seed=cfg.eval.seed + cell["seed"],
                                    progress=False)
         result.update(status="ok", objective=summary["objective"], metrics=metrics, data=data_stats,
-                      train_seconds=round(train_seconds, 2),
+                      train_seconds=round(train_seconds, 2), cpu_seconds=round(time.process_time() - cpu_started, 2),
                       final_train_metrics={k: v for k, v in summary["final_train_metrics"].items()
                                            if k in ("loss", "accuracy", "margin")})
         if not cfg.keep_models:
@@ -473,7 +473,9 @@ def aggregate(cfg: BenchConfig, entries: list[Entry], assets: list[dict], result
             taxonomy[entry.name] = method_taxonomy(entry)
         except Exception as error:  # noqa: BLE001  (a broken recipe still gets its error row)
             taxonomy[entry.name] = {"error": [str(error)]}
-    return {"command": command, "wall_seconds": round(wall_seconds, 1), "workers": cfg.workers,
+    cpu = sum(a.get("cpu_seconds", 0.0) for a in assets) + sum(r.get("cpu_seconds", 0.0) for r in results)
+    return {"command": command, "wall_seconds": round(wall_seconds, 1), "cpu_seconds": round(cpu, 1),
+            "workers": cfg.workers,
             "threads_per_worker": cfg.threads_per_worker, "cpu_count": os.cpu_count(), "config": to_dict(cfg),
             "tasks": list(cfg.tasks), "starts": list(cfg.starts), "seeds": list(cfg.seeds),
             "methods": [e.name for e in entries], "taxonomy": taxonomy,
@@ -498,7 +500,9 @@ def format_markdown(report: dict) -> str:
              f"{len(report['methods'])} methods x {len(tasks)} tasks x {len(report['starts'])} starting points x "
              f"{len(seeds)} seeds (seeds {', '.join(map(str, seeds))}); wall time {report['wall_seconds'] / 60:.1f} min "
              f"with {report['workers']} worker processes of {report['threads_per_worker']} thread(s) "
-             f"on a machine with {report['cpu_count']} CPUs. Every number is mean ± std over seeds.", ""]
+             f"on a machine with {report['cpu_count']} CPUs ({report.get('cpu_seconds', 0) / 60:.1f} CPU-minutes "
+             f"in the workers; wall times also count any other load on the machine). "
+             f"Every number is mean ± std over seeds.", ""]
     templated = [name for name, recipe in report.get("recipes", {}).items() if "default hyperparameters" in recipe]
     if templated:
         lines += [f"Methods without a recipe of their own run on the settings of configs/methods/dpo.yaml with "

@@ -22,8 +22,8 @@ STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
 h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 1.6em; border-bottom: 1px solid #ddd; }
 table { border-collapse: collapse; margin: 0.6em 0; font-size: 0.85em; }
-td, th { border: 1px solid #ccc; padding: 3px 7px; text-align: right; }
-td:first-child, th:first-child { text-align: left; }
+td, th { border: 1px solid #ccc; padding: 3px 7px; text-align: left; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
 th { background: #f3f3f3; } code { background: #f3f3f3; padding: 1px 4px; }
 img { max-width: 100%; border: 1px solid #eee; margin: 0.4em 0; }
 .muted { color: #777; font-size: 0.85em; }
@@ -53,7 +53,7 @@ class Page:
 
     def table(self, header: list[str], rows: list[list], caption: str | None = None) -> None:
         head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(_format(v))}</td>" for v in row) + "</tr>" for row in rows)
+        body = "".join("<tr>" + "".join(_td(v) for v in row) + "</tr>" for row in rows)
         cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
         self.parts.append(f"<table>{cap}<tr>{head}</tr>{body}</table>")
 
@@ -90,6 +90,15 @@ class Page:
         return (f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>{html.escape(self.title)}</title>"
                 f"<style>{STYLE}</style><script>{IMAGE_CHECK}</script></head><body><h1>{html.escape(self.title)}</h1>"
                 + "\n".join(self.parts) + "</body></html>")
+
+
+NUMBER = re.compile(r"^[-+]?[\d.]+(e[-+]?\d+)?( ± [\d.]+(e[-+]?\d+)?)?$")
+
+
+def _td(value) -> str:
+    text = _format(value)
+    numeric = isinstance(value, (int, float)) and not isinstance(value, bool) or bool(NUMBER.match(text))
+    return f"<td{' class=num' if numeric else ''}>{html.escape(text)}</td>"
 
 
 def _format(value) -> str:
@@ -162,9 +171,10 @@ def _bench_section(page: Page, run_dir: Path, plots: Path) -> None:
 
     report = json.loads((run_dir / "results.json").read_text())
     page.heading("Benchmark")
-    for path in plot_bench(report, plots):
-        page.image(path, f"gold reward per method, {path.stem.split('_')[-1]} start")
     page.markdown(format_markdown(report))
+    page.heading("Gold reward per method and task")
+    for path in plot_bench(report, plots):
+        page.image(path, f"gold reward per method (mean ± std over seeds), {path.stem.split('_')[-1]} start")
 
 
 def _sweep_section(page: Page, sweep_json: Path, plots: Path) -> None:
