@@ -24,8 +24,8 @@ from preftune.eval.diagnostics import (TrainingDiagnostics, implicit_reward_accu
 @pytest.mark.parametrize("vocab", [10, 50, 259])
 def test_uniform_logits_give_log2_k_entropy_and_k_over_v_mass(vocab):
     entropy, mass = topk_entropy_and_mass(torch.zeros(3, 5, vocab), k=10)
-    assert torch.allclose(entropy, torch.full((3, 5), math.log2(10), dtype=torch.float64), atol=1e-10)
-    assert torch.allclose(mass, torch.full((3, 5), 10 / vocab, dtype=torch.float64), atol=1e-10)
+    assert torch.allclose(entropy, torch.full((3, 5), math.log2(10), dtype=torch.float64), atol=1e-6)
+    assert torch.allclose(mass, torch.full((3, 5), 10 / vocab, dtype=torch.float64), atol=1e-8)
 
 
 def test_one_hot_distribution_gives_zero_entropy_and_full_mass():
@@ -109,15 +109,16 @@ def test_teacher_forced_statistics_match_a_hand_computation_on_a_bigram_model():
     policy_table, reference_table = torch.randn(vocab, vocab), torch.randn(vocab, vocab)
     examples = [TokenizedExample([1, 3], [[4, 5, 2], [5, 2]], "pairwise"),
                 TokenizedExample([1], [[3, 2], [4, 4, 4, 2]], "pairwise")]
+    # The statistics are computed in float32, as on real models: agreement to ~1e-6.
     stats = teacher_forced_statistics(BigramTable(policy_table), BigramTable(reference_table), examples,
                                       pad_token_id=0, k=2)
     for i, example in enumerate(examples):
         for j, response in enumerate(example.response_ids):
             logp, rows = _by_hand(policy_table, example.prompt_ids, response)
             ref_logp, ref_rows = _by_hand(reference_table, example.prompt_ids, response)
-            assert float(stats["policy_logps"][i, j]) == pytest.approx(logp, abs=1e-9)
-            assert float(stats["reference_logps"][i, j]) == pytest.approx(ref_logp, abs=1e-9)
-            assert float(stats["policy_logps_per_token"][i, j]) == pytest.approx(logp / len(response), abs=1e-9)
+            assert float(stats["policy_logps"][i, j]) == pytest.approx(logp, abs=1e-5)
+            assert float(stats["reference_logps"][i, j]) == pytest.approx(ref_logp, abs=1e-5)
+            assert float(stats["policy_logps_per_token"][i, j]) == pytest.approx(logp / len(response), abs=1e-5)
             entropies, masses, kls = [], [], []
             for row, ref_row in zip(rows, ref_rows):
                 probs = sorted(torch.softmax(row.double(), -1).tolist(), reverse=True)[:2]
@@ -125,9 +126,9 @@ def test_teacher_forced_statistics_match_a_hand_computation_on_a_bigram_model():
                 entropies.append(-sum(p / sum(probs) * math.log2(p / sum(probs)) for p in probs))
                 p, q = torch.softmax(row.double(), -1), torch.softmax(ref_row.double(), -1)
                 kls.append(float((p * (p / q).log()).sum()))
-            assert float(stats["topk_entropy"][i, j]) == pytest.approx(sum(entropies) / len(rows), abs=1e-9)
-            assert float(stats["topk_mass"][i, j]) == pytest.approx(sum(masses) / len(rows), abs=1e-9)
-            assert float(stats["token_kl"][i, j]) == pytest.approx(sum(kls) / len(rows), abs=1e-9)
+            assert float(stats["topk_entropy"][i, j]) == pytest.approx(sum(entropies) / len(rows), abs=1e-5)
+            assert float(stats["topk_mass"][i, j]) == pytest.approx(sum(masses) / len(rows), abs=1e-5)
+            assert float(stats["token_kl"][i, j]) == pytest.approx(sum(kls) / len(rows), abs=1e-5)
 
 
 @pytest.fixture(scope="module")
@@ -158,8 +159,8 @@ def test_monitor_on_a_uniform_model_reports_the_uniform_values(uniform_model):
     metrics = monitor(model, model)
     assert metrics["diag/logps_per_token/chosen"] == pytest.approx(-math.log(vocab), abs=1e-6)
     assert metrics["diag/logps/rejected"] == pytest.approx(-2 * math.log(vocab), abs=1e-6)  # "7" + EOS
-    assert metrics["diag/top10_entropy"] == pytest.approx(math.log2(10), abs=1e-9)
-    assert metrics["diag/top10_mass"] == pytest.approx(10 / vocab, abs=1e-9)
+    assert metrics["diag/top10_entropy"] == pytest.approx(math.log2(10), abs=1e-6)
+    assert metrics["diag/top10_mass"] == pytest.approx(10 / vocab, abs=1e-8)
     assert metrics["diag/token_kl"] == 0.0 and metrics["diag/kl"] == 0.0
     assert metrics["diag/reward_accuracy"] == 0.0  # policy = reference: every pair is a tie
     # Uniform sampling of n tokens: EOS (prob 1/V) ends a response and counts in its length;

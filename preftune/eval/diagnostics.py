@@ -38,8 +38,11 @@ def topk_entropy_and_mass(logits: Tensor, k: int = 10, renormalize: bool = True)
     with renormalize=False, the unnormalised p_i. Uniform logits over V give H_k = log₂ k and
     M_k = k/V; a one-hot distribution gives H_k = 0 and M_k = 1.
     """
-    probs = torch.softmax(logits.double(), dim=-1)
-    top = probs.topk(min(k, probs.shape[-1]), dim=-1).values
+    # Only the k largest logits and the normaliser are needed; the full (..., V) softmax is never
+    # formed, and the k probabilities are finished in float64.
+    logits = logits if logits.dtype == torch.float64 else logits.float()
+    log_norm = torch.logsumexp(logits, dim=-1, keepdim=True)
+    top = (logits.topk(min(k, logits.shape[-1]), dim=-1).values - log_norm).double().exp()
     mass = top.sum(-1)
     p = top / mass.unsqueeze(-1) if renormalize else top
     entropy = -torch.special.xlogy(p, p).sum(-1) / math.log(2.0)  # xlogy: 0·log 0 = 0
@@ -48,9 +51,9 @@ def topk_entropy_and_mass(logits: Tensor, k: int = 10, renormalize: bool = True)
 
 def token_kl(policy_logits: Tensor, reference_logits: Tensor) -> Tensor:
     """KL(π(·|s) ‖ π_ref(·|s)) in nats at every position: (..., V) logits -> (...)."""
-    log_p = torch.log_softmax(policy_logits.double(), dim=-1)
-    log_q = torch.log_softmax(reference_logits.double(), dim=-1)
-    return (log_p.exp() * (log_p - log_q)).sum(-1)
+    log_p = torch.log_softmax(policy_logits if policy_logits.dtype == torch.float64 else policy_logits.float(), -1)
+    log_q = torch.log_softmax(reference_logits if reference_logits.dtype == torch.float64 else reference_logits.float(), -1)
+    return (log_p.exp() * (log_p - log_q)).sum(-1).double()
 
 
 def sequence_mean(values: Tensor, mask: Tensor) -> Tensor:
@@ -127,13 +130,14 @@ def diagnostic_warnings(rows: list[dict], k: int = 10) -> list[str]:
 
 @torch.no_grad()
 def teacher_forced_statistics(policy, reference, examples: list[TokenizedExample], pad_token_id: int,
-                              k: int = 10, batch_size: int = 16) -> dict[str, Tensor]:
+                              k: int = 10, batch_size: int = 8) -> dict[str, Tensor]:
     """Teacher-forced statistics of every response of `examples`, each a (N, K) float64 tensor:
 
     policy_logps, reference_logps: sequence log-probs; policy_logps_per_token: their token mean;
     topk_entropy, topk_mass: H_k and M_k of the policy, averaged over the response's positions;
     token_kl: KL(π ‖ π_ref) of the next-token distributions, averaged over the same positions.
-    Policy and reference run batch by batch, so no (N, T, V) tensor is ever kept.
+    Policy and reference run batch by batch in float32, so only a batch's (B·K, T, V) logits
+    are ever held (twice: policy and reference); lower `batch_size` for large vocabularies.
     """
     device = next(policy.parameters()).device
     columns: dict[str, list[Tensor]] = {}
@@ -157,11 +161,11 @@ def teacher_forced_statistics(policy, reference, examples: list[TokenizedExample
 
 def _next_token_logits(model, batch) -> Tensor:
     logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
-    return logits[:, :-1].double()
+    return logits[:, :-1].float()
 
 
 def _picked_logps(logits: Tensor, targets: Tensor) -> Tensor:
-    return torch.log_softmax(logits, -1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return (logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, -1)).double()
 
 
 class TrainingDiagnostics:
@@ -203,7 +207,7 @@ class TrainingDiagnostics:
         out[f"diag/top{self.top_k}_entropy"] = float(stats["topk_entropy"][:, 0].mean())
         out[f"diag/top{self.top_k}_mass"] = float(stats["topk_mass"][:, 0].mean())
         out["diag/token_kl"] = float(stats["token_kl"][:, 0].mean())
-        if stats["policy_logps"].shape[1] >= 2:
+        if tuple(self.names[:2]) == ("chosen", "rejected"):  # pairs only (not KTO's mismatched completions)
             out["diag/reward_accuracy"] = implicit_reward_accuracy(stats["policy_logps"][:, :2],
                                                                    stats["reference_logps"][:, :2])
         return out
