@@ -20,6 +20,7 @@ worker processes; each writes its result as JSON, so an interrupted bench resume
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -172,6 +173,10 @@ def bench_entries(cfg: BenchConfig) -> list[Entry]:
 
 
 # --------------------------------------------------------------------------- shared assets per (task, seed)
+#
+# Tasks that share demonstrations share an SFT model (arithmetic, noisy-labels and mixed-margins
+# differ only in labelling and scoring), and tasks that also share train prompts share the SFT
+# model's samples: both are stored under a hash of what determines them.
 
 def assets_dir(cfg: BenchConfig, task: str, seed: int) -> Path:
     return cfg.run_dir / "assets" / task / f"seed{seed}"
@@ -181,26 +186,40 @@ def base_model_dir(cfg: BenchConfig, seed: int) -> Path:
     return cfg.run_dir / "assets" / "base" / f"seed{seed}"
 
 
-def prepare_assets(cfg: BenchConfig, task_name: str, seed: int, progress: bool = False) -> dict:
-    """SFT model, preference samples and SFT baseline scores of one (task, seed); cached on disk."""
-    from preftune.config import DataConfig, TaskDataConfig, TrainConfig
-    from preftune.eval.task_eval import baseline_samples_scores, evaluate_on_task
-    from preftune.models import load_causal_lm, load_tokenizer, save_tiny_model
-    from preftune.sampling import sample
+def _digest(*parts) -> str:
+    return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def sft_key(cfg: BenchConfig, task_name: str, seed: int) -> str:
+    """What determines the SFT model: the demonstrations, the SFT settings, the lengths, the seed."""
     from preftune.tasks import get_task
+
+    settings = cfg.task_settings(task_name)
+    rows = get_task(task_name, **settings.options).demonstrations(cfg.sft.demonstrations, settings.noise, seed)
+    return _digest(rows, to_dict(cfg.sft), settings.max_length, settings.max_prompt_length, seed)
+
+
+def sft_model_dir(cfg: BenchConfig, task_name: str, seed: int) -> Path:
+    return cfg.run_dir / "assets" / "sft" / sft_key(cfg, task_name, seed) / "sft" / "model"
+
+
+def train_sft(cfg: BenchConfig, task_name: str, seed: int, progress: bool = False) -> dict:
+    """The base model of the seed and SFT on the task's demonstrations, unless already made."""
+    from preftune.config import DataConfig, TaskDataConfig, TrainConfig
+    from preftune.models import save_tiny_model
     from preftune.train.loop import train
 
-    folder = assets_dir(cfg, task_name, seed)
-    done = folder / "assets.json"
-    if done.exists():
-        return json.loads(done.read_text())
+    model_dir = sft_model_dir(cfg, task_name, seed)
+    record = model_dir.parent.parent / "sft.json"
+    if record.exists():
+        return json.loads(record.read_text())
     started, cpu_started = time.perf_counter(), time.process_time()
-    settings = cfg.task_settings(task_name)
     base = base_model_dir(cfg, seed)
     if not (base / "config.json").exists():
         save_tiny_model(base, seed=seed)
+    settings = cfg.task_settings(task_name)
     sft_cfg = RunConfig(
-        name="sft", output_dir=str(folder / "{name}"), loss="sft", reference="none",
+        name="sft", output_dir=str(model_dir.parent.parent / "{name}"), loss="sft", reference="none",
         data=DataConfig(source=f"task:{task_name}", max_length=settings.max_length,
                         max_prompt_length=settings.max_prompt_length,
                         task=TaskDataConfig(options=settings.options, demonstrations=cfg.sft.demonstrations,
@@ -209,32 +228,61 @@ def prepare_assets(cfg: BenchConfig, task_name: str, seed: int, progress: bool =
                           warmup_ratio=cfg.sft.warmup_ratio, schedule="cosine", seed=seed, progress=progress,
                           log_every=10))
     sft_cfg.model.name_or_path = str(base)
-    sft_model = str(train(sft_cfg) / "model")
-    sft_seconds = time.perf_counter() - started
+    train(sft_cfg)
+    made = {"task": task_name, "seed": seed, "model": str(model_dir), "base_model": str(base),
+            "seconds": round(time.perf_counter() - started, 2),
+            "cpu_seconds": round(time.process_time() - cpu_started, 2)}
+    record.write_text(json.dumps(made, indent=1))
+    return made
 
+
+def prepare_assets(cfg: BenchConfig, task_name: str, seed: int, progress: bool = False) -> dict:
+    """SFT model, preference samples and SFT baseline scores of one (task, seed); cached on disk."""
+    from preftune.eval.task_eval import baseline_samples_scores, evaluate_on_task
+    from preftune.models import load_causal_lm, load_tokenizer
+    from preftune.sampling import sample
+    from preftune.tasks import get_task
+
+    folder = assets_dir(cfg, task_name, seed)
+    done = folder / "assets.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    sft = train_sft(cfg, task_name, seed, progress)
+    cpu_started = time.process_time()
+    settings = cfg.task_settings(task_name)
     task = get_task(task_name, **settings.options)
-    tokenizer, sft = load_tokenizer(sft_model), load_causal_lm(sft_model)
+    tokenizer, sft_lm = load_tokenizer(sft["model"]), load_causal_lm(sft["model"])
     prompts = task.prompts("train", cfg.pairs.prompts)
-    samples = sample(sft, tokenizer, prompts, cfg.pairs.samples_per_prompt, cfg.pairs.temperature, 1.0,
-                     settings.max_new_tokens, 64, seed, progress, desc=f"pairs {task_name}")
-    (folder / "samples.json").write_text(json.dumps({"prompts": samples.prompts, "texts": samples.texts}))
+    samples_path = cfg.run_dir / "assets" / "samples" / (
+        _digest(sft["model"], prompts, to_dict(cfg.pairs), settings.max_new_tokens, seed) + ".json")
+    if not samples_path.exists():
+        samples = sample(sft_lm, tokenizer, prompts, cfg.pairs.samples_per_prompt, cfg.pairs.temperature, 1.0,
+                         settings.max_new_tokens, 64, seed, progress, desc=f"pairs {task_name}")
+        samples_path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = samples_path.with_suffix(".tmp")
+        temporary.write_text(json.dumps({"prompts": samples.prompts, "texts": samples.texts}))
+        temporary.replace(samples_path)  # atomic: a task sharing these samples never reads half a file
+    stored = json.loads(samples_path.read_text())
+    texts = [t for row in stored["texts"] for t in row]
+    sample_gold = sum(task.score(p, t) for p, row in zip(stored["prompts"], stored["texts"]) for t in row)
+    folder.mkdir(parents=True, exist_ok=True)
     test_prompts = task.prompts("test", cfg.eval.prompts)
     eval_options = dict(samples_per_prompt=cfg.eval.samples_per_prompt, max_new_tokens=settings.max_new_tokens,
                         seed=cfg.eval.seed + seed)
-    baseline = baseline_samples_scores(sft, tokenizer, task, test_prompts, **eval_options)
+    baseline = baseline_samples_scores(sft_lm, tokenizer, task, test_prompts, **eval_options)
     (folder / "baseline_scores.json").write_text(json.dumps(baseline.tolist()))
-    base_lm = load_causal_lm(str(base))
+    base_lm = load_causal_lm(sft["base_model"])
     evaluations = {
-        "sft": evaluate_on_task(sft, tokenizer, task, test_prompts, reference=base_lm, baseline_scores=baseline,
+        "sft": evaluate_on_task(sft_lm, tokenizer, task, test_prompts, reference=base_lm, baseline_scores=baseline,
                                 progress=False, **eval_options),
         "base": evaluate_on_task(base_lm, tokenizer, task, test_prompts, reference=base_lm, baseline_scores=baseline,
                                  progress=False, **eval_options)}
-    assets = {"task": task_name, "seed": seed, "base_model": str(base), "sft_model": sft_model,
-              "sft_seconds": round(sft_seconds, 2), "cpu_seconds": round(time.process_time() - cpu_started, 2),
-              "samples": str(folder / "samples.json"),
-              "baseline_scores": str(folder / "baseline_scores.json"), "evaluations": evaluations,
-              "sample_gold_reward": sum(task.score(p, t) for _, p, t, _ in samples.flat()) /
-              max(1, sum(1 for _ in samples.flat()))}
+    assets = {"task": task_name, "seed": seed, "base_model": sft["base_model"], "sft_model": sft["model"],
+              "sft_seconds": sft["seconds"], "sft_shared_with": sft["task"] if sft["task"] != task_name else None,
+              "cpu_seconds": round(time.process_time() - cpu_started, 2)
+              + (sft["cpu_seconds"] if sft["task"] == task_name else 0.0),
+              "samples": str(samples_path), "baseline_scores": str(folder / "baseline_scores.json"),
+              "evaluations": evaluations, "sample_gold_reward": sample_gold / max(1, len(texts))}
     done.write_text(json.dumps(assets, indent=1))
     return assets
 
@@ -360,8 +408,14 @@ def _worker_init(threads: int) -> None:
         pass
 
 
-def _prepare_job(cfg_dict: dict, task: str, seed: int) -> dict:
-    return prepare_assets(from_dict(BenchConfig, cfg_dict), task, seed)
+def _sft_job(cfg_dict: dict, task: str, seed: int) -> dict:
+    return train_sft(from_dict(BenchConfig, cfg_dict), task, seed)
+
+
+def _assets_job(cfg_dict: dict, tasks: tuple[str, ...], seed: int) -> list[dict]:
+    """Assets of tasks that share samples, one after the other (the first samples, the rest reuse)."""
+    cfg = from_dict(BenchConfig, cfg_dict)
+    return [prepare_assets(cfg, task, seed) for task in tasks]
 
 
 def _run_jobs(cfg: BenchConfig, fn, jobs: list[tuple], desc: str, progress: bool, describe) -> list:
@@ -399,9 +453,23 @@ def run_bench(cfg: BenchConfig, command: str, progress: bool = True, log=print) 
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "bench.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     entries = bench_entries(cfg)
-    pairs = [(task, seed) for task in cfg.tasks for seed in cfg.seeds]
-    log(f"[1/3] SFT models, preference samples and baselines for {len(cfg.tasks)} tasks x {len(cfg.seeds)} seeds")
-    assets = _run_jobs(cfg, _prepare_job, pairs, "sft + samples", progress, lambda job: f"{job[0]} seed {job[1]}")
+    # One SFT job per distinct SFT model, then one job per group of tasks sharing samples.
+    from preftune.tasks import get_task
+
+    sft_jobs, sample_groups = {}, {}
+    for seed in cfg.seeds:
+        for task in cfg.tasks:
+            key = sft_key(cfg, task, seed)
+            sft_jobs.setdefault(key, (task, seed))
+            settings = cfg.task_settings(task)
+            prompts = get_task(task, **settings.options).prompts("train", cfg.pairs.prompts)
+            sample_groups.setdefault((key, _digest(prompts, settings.max_new_tokens), seed), []).append(task)
+    log(f"[1/3] {len(sft_jobs)} SFT models for {len(cfg.tasks)} tasks x {len(cfg.seeds)} seeds (tasks with the same "
+        f"demonstrations share one), then preference samples and baselines")
+    _run_jobs(cfg, _sft_job, list(sft_jobs.values()), "sft", progress, lambda job: f"{job[0]} seed {job[1]}")
+    groups = [(tuple(tasks), key[2]) for key, tasks in sample_groups.items()]
+    assets = [a for group in _run_jobs(cfg, _assets_job, groups, "samples + baselines", progress,
+                                       lambda job: f"{'+'.join(job[0])} seed {job[1]}") for a in group]
     cells = [{"task": task, "start": start, "method": entry.name, "seed": seed, "recipe": entry.recipe,
               "loss": entry.loss} for task in cfg.tasks for start in cfg.starts for entry in entries for seed in cfg.seeds]
     log(f"[2/3] {len(cells)} preference runs: {len(entries)} methods x {len(cfg.tasks)} tasks x "
@@ -456,6 +524,7 @@ def aggregate(cfg: BenchConfig, entries: list[Entry], assets: list[dict], result
             groups.setdefault((a["task"], start, f"({start} model)"), []).append(
                 {"status": "ok", "metrics": a["evaluations"][start], "seed": a["seed"],
                  "train_seconds": a["sft_seconds"] if start == "sft" else 0.0})
+    shared = sorted({f"{a['task']} uses {a['sft_shared_with']}'s" for a in assets if a.get("sft_shared_with")})
     rows = []
     for (task, start, method), members in sorted(groups.items()):
         ok = [m for m in members if m["status"] == "ok"]
@@ -482,6 +551,7 @@ def aggregate(cfg: BenchConfig, entries: list[Entry], assets: list[dict], result
             "recipes": {e.name: (e.recipe if e.loss is None else f"{e.recipe} with loss {e.loss} (default "
                                  f"hyperparameters)") for e in entries},
             "assets": [{k: a[k] for k in ("task", "seed", "sft_seconds", "sample_gold_reward")} for a in assets],
+            "shared_sft": shared,
             "rows": rows, "cells": results}
 
 
@@ -503,6 +573,9 @@ def format_markdown(report: dict) -> str:
              f"on a machine with {report['cpu_count']} CPUs ({report.get('cpu_seconds', 0) / 60:.1f} CPU-minutes "
              f"in the workers; wall times also count any other load on the machine). "
              f"Every number is mean ± std over seeds.", ""]
+    if report.get("shared_sft"):
+        lines += [f"Tasks with the same demonstrations share one SFT model per seed ({', '.join(report['shared_sft'])}).",
+                  ""]
     templated = [name for name, recipe in report.get("recipes", {}).items() if "default hyperparameters" in recipe]
     if templated:
         lines += [f"Methods without a recipe of their own run on the settings of configs/methods/dpo.yaml with "

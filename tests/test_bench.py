@@ -73,8 +73,9 @@ def test_every_number_is_mean_and_std_over_three_seeds_of_the_cells(smoke_bench)
 @pytest.mark.slow
 def test_sft_models_and_pairs_are_made_once_per_seed_and_shared(smoke_bench):
     cfg, report = smoke_bench
-    assert sorted(p.parent.parent.name for p in (cfg.run_dir / "assets" / "arithmetic").glob("seed*/sft/model")) == \
-        ["seed0", "seed1", "seed2"]
+    made = [json.loads(p.read_text()) for p in (cfg.run_dir / "assets" / "sft").glob("*/sft.json")]
+    assert sorted((m["task"], m["seed"]) for m in made) == [("arithmetic", 0), ("arithmetic", 1), ("arithmetic", 2)]
+    assert len(list((cfg.run_dir / "assets" / "samples").glob("*.json"))) == 3
     for seed in (0, 1, 2):
         stats = [c["data"] for c in report["cells"] if c["seed"] == seed]
         assert len({s["rows"] for s in stats}) == 1  # every method and both starts: the same pairs
@@ -92,6 +93,15 @@ def test_a_second_run_resumes_without_retraining(smoke_bench):
     again = run_bench(cfg, "preftune bench --smoke", progress=False, log=lambda *a: None)
     assert [p.stat().st_mtime_ns for p in cells] == stamps
     assert again["rows"] == report["rows"]
+
+
+def test_tasks_with_the_same_demonstrations_share_the_sft_model_and_samples():
+    from preftune.bench import sft_key
+
+    cfg = load_bench_config(ROOT / "configs" / "bench" / "full.yaml")
+    assert sft_key(cfg, "arithmetic", 0) == sft_key(cfg, "noisy-labels", 0) == sft_key(cfg, "mixed-margins", 0)
+    assert len({sft_key(cfg, task, 0) for task in cfg.tasks}) == len(cfg.tasks) - 2
+    assert sft_key(cfg, "arithmetic", 0) != sft_key(cfg, "arithmetic", 1)
 
 
 def test_entries_cover_recipes_and_registered_offline_methods():
