@@ -48,6 +48,7 @@ class TaskSettings:
     max_prompt_length: int = 16
     max_new_tokens: int = 8
     noise: float = 0.1                   # fraction of SFT demonstrations with a wrong answer
+    sft_steps: int | None = None         # None: sft.steps (an easy task can take fewer)
     options: dict = field(default_factory=dict)
     labeller: dict = field(default_factory=dict)
 
@@ -196,7 +197,7 @@ def sft_key(cfg: BenchConfig, task_name: str, seed: int) -> str:
 
     settings = cfg.task_settings(task_name)
     rows = get_task(task_name, **settings.options).demonstrations(cfg.sft.demonstrations, settings.noise, seed)
-    return _digest(rows, to_dict(cfg.sft), settings.max_length, settings.max_prompt_length, seed)
+    return _digest(rows, to_dict(cfg.sft), settings.sft_steps, settings.max_length, settings.max_prompt_length, seed)
 
 
 def sft_model_dir(cfg: BenchConfig, task_name: str, seed: int) -> Path:
@@ -224,7 +225,7 @@ def train_sft(cfg: BenchConfig, task_name: str, seed: int, progress: bool = Fals
                         max_prompt_length=settings.max_prompt_length,
                         task=TaskDataConfig(options=settings.options, demonstrations=cfg.sft.demonstrations,
                                             noise=settings.noise)),
-        train=TrainConfig(steps=cfg.sft.steps, batch_size=cfg.sft.batch_size, lr=cfg.sft.lr,
+        train=TrainConfig(steps=settings.sft_steps or cfg.sft.steps, batch_size=cfg.sft.batch_size, lr=cfg.sft.lr,
                           warmup_ratio=cfg.sft.warmup_ratio, schedule="cosine", seed=seed, progress=progress,
                           log_every=10))
     sft_cfg.model.name_or_path = str(base)
