@@ -601,8 +601,9 @@ def format_markdown(report: dict) -> str:
     lines += ["### Every metric, per task", "",
               "gold reward: mean gold score of samples at temperature 1; win-rate: against the SFT model's "
               "samples on the same prompts, judged by the gold oracle (ties count half); KL: Monte-Carlo "
-              "KL to the run's starting model; length: tokens per response; train s: wall time of the "
-              "preference stage (SFT for the SFT model's row).", ""]
+              "KL to the run's starting model (the base model, for the SFT model's own row); length: tokens per "
+              "response; train s: wall time of the preference stage (of SFT, for the SFT model's row). Task metrics "
+              "per held-out subset are in results.json.", ""]
     for task in tasks:
         extra = sorted({k for (t, _, _), r in rows.items() if t == task for k in r["metrics"]}
                        - {k for k, _, _ in HEADLINE} - {"gold_reward_greedy", "prompts", "samples"})
