@@ -1,4 +1,5 @@
-"""The `preftune` command line: sft, train, online, eval, generate, methods, verify, quickstart."""
+"""The `preftune` command line: sft, train, online, eval, generate, methods, verify, quickstart, and the
+measurement commands probe, sweep, bench, report (cli_measure.py)."""
 from __future__ import annotations
 
 import argparse
@@ -72,7 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object per prompt")
 
     p = sub.add_parser("methods", help="list the registered methods",
-                       description="List every registered method with its catalogue seed, family, needs and status.")
+                       description="List every registered method with its catalogue seed, family, needs and status, "
+                                   "then the analysis tools (probe, diagnostics, sweep, bench, safety task) that "
+                                   "implement the catalogue's analysis papers.")
     p.add_argument("--json", action="store_true", help="print a JSON list of objects")
 
     p = sub.add_parser("verify", help="check every method against exact tabular ground truth",
@@ -97,6 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=_Formatter)
     p.add_argument("--config", type=Path, help="online recipe (configs/online/<method>.yaml)")
     p.add_argument("--resume", action="store_true", help="continue a stopped run at the iteration it stopped in")
+
+    from preftune import cli_measure
+
+    cli_measure.add_parsers(sub, _Formatter)
     return parser
 
 
@@ -127,18 +134,20 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     _quiet_libraries()
-    if args.command not in ("train", "sft", "quickstart", "online"):
+    from preftune import cli_measure
+
+    takes_overrides = ("train", "sft", "quickstart", "online", *cli_measure.TAKES_OVERRIDES)
+    if args.command not in takes_overrides:
         if extras:
             parser.error(f"unrecognised arguments: {' '.join(extras)}")
     handler = {"train": cmd_train, "sft": cmd_train, "eval": cmd_eval, "generate": cmd_generate,
                "methods": cmd_methods, "verify": cmd_verify, "quickstart": cmd_quickstart,
-               "online": cmd_online}[args.command]
+               "online": cmd_online, **cli_measure.HANDLERS}[args.command]
     from preftune.config import ConfigError
     from preftune.data.formats import DataError
 
     try:
-        return handler(args, _overrides(parser, extras) if args.command in ("train", "sft", "quickstart", "online")
-                       else [])
+        return handler(args, _overrides(parser, extras) if args.command in takes_overrides else [])
     except (ConfigError, DataError, KeyError, ValueError, FileNotFoundError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"preftune {args.command}: error: {message}", file=sys.stderr)
@@ -241,11 +250,12 @@ def cmd_generate(args, _) -> int:
 
 
 def cmd_methods(args, _) -> int:
+    from preftune.analysis_tools import all_tools
     from preftune.methods import all_methods
 
-    specs = all_methods()
-    if args.json:
-        print(json.dumps([s.as_dict() for s in specs], indent=1))
+    specs, tools = all_methods(), all_tools()
+    if args.json:  # methods ("kind": "method"), then the analysis tools ("kind": "tool", analysis_tools.py)
+        print(json.dumps([{"kind": "method", **s.as_dict()} for s in specs] + [t.as_dict() for t in tools], indent=1))
         return 0
     header = f"{'name':<14}{'seed':<16}{'family':<24}{'reference':<11}{'input':<11}{'status':<14}taxonomy"
     print(header)
@@ -254,6 +264,9 @@ def cmd_methods(args, _) -> int:
         print(f"{s.name:<14}{(s.seed or '-'):<16}{s.family:<24}{('yes' if s.needs_reference else 'no'):<11}"
               f"{s.input_kind:<11}{s.status:<14}{tags}")
     print(f"\n{len(specs)} methods; `preftune methods --json` gives hyperparameters, papers and checks")
+    print(f"\n{'analysis tool':<28}{'seed':<22}command")
+    for t in tools:
+        print(f"{t.name:<28}{t.seed:<22}{t.command}")
     return 0
 
 

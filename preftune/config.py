@@ -49,6 +49,8 @@ class TaskDataConfig:
     temperature: float = 1.0
     max_new_tokens: int = 16
     pairing: str = "best-worst"          # best-worst | all | listwise (all k samples with their scores)
+    labeller: dict = field(default_factory=dict)  # who labels pairs (default: the task's own, else gold):
+                                                  # {length_bias: p, flip_rate: eps, temperature: tau}
 
 
 @dataclass
@@ -109,6 +111,18 @@ class CurriculumConfig:
 
 
 @dataclass
+class DiagnosticsConfig:
+    """Training diagnostics on held-out data every `every` steps (eval/diagnostics.py, offline.md §11-13)."""
+
+    every: int = 0                       # 0: off
+    examples: int = 64                   # held-out pairs teacher-forced (log-likelihoods, top-k indicators)
+    top_k: int = 10                      # k of the top-k entropy and mass (Shi et al. use 10)
+    prompts: int = 32                    # prompts sampled for KL, length (and gold reward on task data); 0: none
+    samples_per_prompt: int = 2
+    max_new_tokens: int = 16
+
+
+@dataclass
 class RunConfig:
     name: str = "run"
     output_dir: str = "runs/{name}"
@@ -120,6 +134,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
+    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
 
     @property
     def run_dir(self) -> Path:

@@ -99,3 +99,16 @@ def tiny_sft_model(_isolated_cache) -> str:
     from preftune.models import BUILTIN_ARITHMETIC_SFT, resolve_model_name
 
     return resolve_model_name(BUILTIN_ARITHMETIC_SFT)
+
+
+@pytest.fixture(scope="session")
+def smoke_bench(tmp_path_factory, _isolated_cache):
+    """`preftune bench --smoke` (configs/bench/smoke.yaml) run once per session into a temporary
+    directory: (its BenchConfig, its report). About a minute on 2 cores."""
+    from preftune.bench import load_bench_config, run_bench
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path_factory.mktemp("bench")
+    cfg = load_bench_config(root / "configs" / "bench" / "smoke.yaml",
+                            [f"--output_dir={out}/{{name}}", f"--recipes={root / 'configs' / 'methods'}"])
+    return cfg, run_bench(cfg, "preftune bench --smoke", progress=False, log=lambda *args: None)

@@ -44,7 +44,7 @@ def test_methods_json_lists_every_registered_method_with_its_facts(capsys):
     from preftune.methods import all_methods
 
     assert main(["methods", "--json"]) == 0
-    listed = json.loads(capsys.readouterr().out)
+    listed = [m for m in json.loads(capsys.readouterr().out) if m["kind"] == "method"]  # tools: test_analysis_tools.py
     assert [m["name"] for m in listed] == [s.name for s in all_methods()]
     for entry in listed:
         assert {"name", "seed", "family", "needs_reference", "status", "taxonomy", "hyperparameters"} <= entry.keys()

@@ -64,6 +64,10 @@ def test_every_yaml_recipe_in_configs_is_valid():
     for path in sorted(CONFIGS.rglob("*.yaml")):
         if path.name == "quickstart.yaml":
             load_pipeline_config(path)
+        elif path.parent.name == "bench":  # `preftune bench` configs (preftune/bench.py)
+            from preftune.bench import load_bench_config
+
+            load_bench_config(path)
         elif path.parent.name != "online":  # online recipes have their own schema and test
             load_config(path)
 

@@ -36,7 +36,10 @@ class TruncationStats:
 
 def encode_prompt(tokenizer, prompt) -> list[int]:
     """Token ids of a prompt exactly as training sees it: BOS for text, the chat template (with
-    the generation prompt) for messages. Used by the sampler so generation matches training."""
+    the generation prompt) for messages, and token ids (a list of ints, e.g. a tokenized
+    example's prompt_ids) unchanged. Used by the sampler so generation matches training."""
+    if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
+        return list(prompt)
     if isinstance(prompt, list):
         text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
         return tokenizer(text, add_special_tokens=False)["input_ids"]

@@ -32,7 +32,8 @@ def win_rate(policy_scores: torch.Tensor, baseline_scores: torch.Tensor) -> floa
 
 def evaluate_on_task(model, tokenizer, task, prompts: list[str], *, baseline=None, reference=None,
                      samples_per_prompt: int = 4, temperature: float = 1.0, max_new_tokens: int = 16,
-                     seed: int = 0, batch_size: int = 64, progress: bool = True) -> dict:
+                     seed: int = 0, batch_size: int = 64, progress: bool = True,
+                     baseline_scores: torch.Tensor | None = None) -> dict:
     """Metrics of `model` on `prompts`:
 
     gold_reward: mean gold score of samples at `temperature` (accuracy for arithmetic);
@@ -40,7 +41,12 @@ def evaluate_on_task(model, tokenizer, task, prompts: list[str], *, baseline=Non
     win_rate: P(a sample beats the baseline's sample for the same prompt and seed) by the oracle;
     kl: Monte-Carlo KL(pi || pi_ref) = mean over policy samples of log pi(y|x) - log pi_ref(y|x)
         (unbiased at temperature 1, the default);
-    length: mean response length in tokens.
+    length: mean response length in tokens;
+    and whatever the task's optional `metrics(prompts, responses)` adds from the same samples
+    (attack success rate for `safety`, each gold reward for `two-objective`, ...).
+
+    baseline_scores: the gold scores of baseline samples drawn once (`baseline_samples_scores`),
+    instead of sampling `baseline` again; many evaluations against one baseline share them.
     """
     policy_samples = sample(model, tokenizer, prompts, samples_per_prompt, temperature, 1.0, max_new_tokens,
                             batch_size, seed, progress, desc="eval sample")
@@ -53,12 +59,27 @@ def evaluate_on_task(model, tokenizer, task, prompts: list[str], *, baseline=Non
         "prompts": len(prompts),
         "samples": len(scores),
     }
-    if baseline is not None:
-        base_samples = sample(baseline, tokenizer, prompts, samples_per_prompt, temperature, 1.0, max_new_tokens,
-                              batch_size, seed + 1, False)
-        metrics["win_rate"] = win_rate(scores, gold_scores(task, base_samples))
+    if hasattr(task, "metrics"):
+        metrics.update(task.metrics([p for _, p, _, _ in policy_samples.flat()],
+                                    [t for _, _, t, _ in policy_samples.flat()]))
+    if baseline is not None and baseline_scores is None:
+        baseline_scores = baseline_samples_scores(baseline, tokenizer, task, prompts, samples_per_prompt=samples_per_prompt,
+                                                  temperature=temperature, max_new_tokens=max_new_tokens, seed=seed,
+                                                  batch_size=batch_size)
+    if baseline_scores is not None:
+        metrics["win_rate"] = win_rate(scores, baseline_scores)
     if reference is not None:
         pad = tokenizer.pad_token_id
         log_ratio = sample_logps(model, policy_samples, pad, batch_size) - sample_logps(reference, policy_samples, pad, batch_size)
         metrics["kl"] = float(log_ratio.mean())
     return metrics
+
+
+def baseline_samples_scores(baseline, tokenizer, task, prompts: list[str], *, samples_per_prompt: int = 4,
+                            temperature: float = 1.0, max_new_tokens: int = 16, seed: int = 0,
+                            batch_size: int = 64) -> torch.Tensor:
+    """Gold scores of the baseline's samples exactly as `evaluate_on_task(..., baseline=...)` draws
+    them (seed + 1, so they are independent of the policy's samples at the same seed)."""
+    samples = sample(baseline, tokenizer, prompts, samples_per_prompt, temperature, 1.0, max_new_tokens,
+                     batch_size, seed + 1, False)
+    return gold_scores(task, samples)

@@ -5,7 +5,14 @@ from typing import Callable, Protocol
 
 
 class Task(Protocol):
-    """A built-in task. `score` is the gold reward; higher is better."""
+    """A built-in task. `score` is the gold reward; higher is better.
+
+    Optional members, used where present: `answer(prompt)` (a gold response, carried in rows as
+    "gold"); `default_labeller` (options of tasks/labellers.py's Labeller: who labels the pairs
+    when it is not the gold oracle); `metrics(prompts, responses)` (task-specific evaluation
+    numbers, e.g. attack success rate); `objectives` with `objective_scores(prompt, response)`
+    (several gold rewards); `step_scores(prompt, response)` (per-step correctness).
+    """
 
     name: str
 

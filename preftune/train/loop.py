@@ -90,6 +90,11 @@ def train(cfg: RunConfig, resume: str | bool | None = None, data_source=None,
     if reference.frozen is not None:
         reference.frozen.to(accelerator.device)
     aux_models = load_aux_models(cfg, objective, accelerator.device)
+    monitor = None
+    if cfg.diagnostics.every and main:  # eval/diagnostics.py: 3D-properties, top-k indicators, KL, ...
+        from preftune.eval.diagnostics import monitor_for_run
+
+        monitor, monitor_reference = monitor_for_run(cfg, data, tokenizer, policy, reference, accelerator.unwrap_model)
     trainable = [p for p in policy.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     warmup = int(cfg.train.warmup_ratio * plan.total_steps)
@@ -139,6 +144,8 @@ def train(cfg: RunConfig, resume: str | bool | None = None, data_source=None,
         return metrics
 
     completed, last = start_step, {}
+    if monitor is not None and start_step == 0:
+        logger.log(0, monitor(accelerator.unwrap_model(policy), monitor_reference))
     try:
         with sigterm_as_interrupt():  # a preempted job saves its last completed step too
             for step in range(start_step, plan.total_steps):
@@ -153,6 +160,8 @@ def train(cfg: RunConfig, resume: str | bool | None = None, data_source=None,
                 if cfg.train.eval_every and data.eval and completed % cfg.train.eval_every == 0:
                     logger.log(completed, evaluate_objective(objective, policy, reference, data, tokenizer, accelerator,
                                                              cfg.train.batch_size, aux_models))
+                if monitor is not None and (completed % cfg.diagnostics.every == 0 or completed == plan.total_steps):
+                    logger.log(completed, monitor(accelerator.unwrap_model(policy), monitor_reference))
                 if on_step_end is not None:
                     on_step_end(completed, last)
     except KeyboardInterrupt:
@@ -180,7 +189,9 @@ def train(cfg: RunConfig, resume: str | bool | None = None, data_source=None,
         summary = {"objective": objective.describe(), "steps": plan.total_steps, "epochs": plan.epoch_of(plan.total_steps),
                    "global_batch": plan.global_batch, "processes": accelerator.num_processes,
                    "reference": reference.kind, "final_train_metrics": last, "eval": final_eval,
-                   "data": {**data.summary(), **({"task": task_stats} if task_stats else {})}, "model_dir": str(run_dir / "model")}
+                   "data": {**data.summary(), **({"task": task_stats} if task_stats else {})}, "model_dir": str(run_dir / "model"),
+                   **({"diagnostics": {"every": cfg.diagnostics.every, "examples": len(monitor.examples),
+                                       "examples_from": monitor.source}} if monitor is not None else {})}
         (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=1))
     accelerator.wait_for_everyone()
     release_accelerator()

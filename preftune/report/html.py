@@ -1,0 +1,236 @@
+"""`preftune report RUN_DIR`: one self-contained HTML page with a run's plots and summary.
+
+Works on any run directory preftune writes: a training run (metrics.jsonl, train_summary.json),
+a quickstart pipeline (summary.json and its stages), a bench (results.json), a sweep
+(sweep/sweep.json) or a probe (probe.json). The plots are drawn with matplotlib and embedded as
+base64 PNG data URIs, so the page is one file that opens anywhere, offline. A few lines of script
+record whether every image decoded (`data-images` on <body>), which the report test reads back
+from headless Chromium.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import json
+import re
+import time
+from pathlib import Path
+
+from preftune.train.metrics import read_metrics
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 1.6em; border-bottom: 1px solid #ddd; }
+table { border-collapse: collapse; margin: 0.6em 0; font-size: 0.85em; }
+td, th { border: 1px solid #ccc; padding: 3px 7px; text-align: left; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+th { background: #f3f3f3; } code { background: #f3f3f3; padding: 1px 4px; }
+img { max-width: 100%; border: 1px solid #eee; margin: 0.4em 0; }
+.muted { color: #777; font-size: 0.85em; }
+"""
+
+# Marks <body data-images="loaded/total"> once every image has decoded (naturalWidth > 0).
+IMAGE_CHECK = """
+window.addEventListener('load', function () {
+  var images = Array.prototype.slice.call(document.images);
+  var ok = images.filter(function (img) { return img.complete && img.naturalWidth > 0; }).length;
+  document.body.setAttribute('data-images', ok + '/' + images.length);
+});
+"""
+
+
+class Page:
+    """An HTML page built section by section."""
+
+    def __init__(self, title: str):
+        self.title, self.parts = title, []
+
+    def heading(self, text: str) -> None:
+        self.parts.append(f"<h2>{html.escape(text)}</h2>")
+
+    def paragraph(self, text: str, muted: bool = False) -> None:
+        self.parts.append(f"<p{' class=muted' if muted else ''}>{_inline(text)}</p>")
+
+    def table(self, header: list[str], rows: list[list], caption: str | None = None) -> None:
+        head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+        body = "".join("<tr>" + "".join(_td(v) for v in row) + "</tr>" for row in rows)
+        cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
+        self.parts.append(f"<table>{cap}<tr>{head}</tr>{body}</table>")
+
+    def mapping(self, values: dict, caption: str | None = None) -> None:
+        self.table(["", "value"], [[k, v] for k, v in values.items()], caption)
+
+    def image(self, path: Path | None, alt: str) -> None:
+        if path is None or not Path(path).exists():
+            return
+        data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+        self.parts.append(f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">'
+                          f"<figcaption class=muted>{html.escape(alt)}</figcaption></figure>")
+
+    def markdown(self, text: str) -> None:
+        """The Markdown preftune itself writes (headings, paragraphs, pipe tables, `code`)."""
+        lines, i = text.splitlines(), 0
+        while i < len(lines):
+            line = lines[i]
+            if line.startswith("|"):
+                block = []
+                while i < len(lines) and lines[i].startswith("|"):
+                    block.append([c.strip() for c in lines[i].strip().strip("|").split("|")])
+                    i += 1
+                rows = [r for r in block if not all(re.fullmatch(r"-+", c) for c in r)]
+                self.table(rows[0], rows[1:])
+                continue
+            if line.startswith("#"):
+                self.heading(line.lstrip("#").strip())
+            elif line.strip():
+                self.paragraph(line)
+            i += 1
+
+    def render(self) -> str:
+        return (f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>{html.escape(self.title)}</title>"
+                f"<style>{STYLE}</style><script>{IMAGE_CHECK}</script></head><body><h1>{html.escape(self.title)}</h1>"
+                + "\n".join(self.parts) + "</body></html>")
+
+
+NUMBER = re.compile(r"^[-+]?[\d.]+(e[-+]?\d+)?( ± [\d.]+(e[-+]?\d+)?)?$")
+
+
+def _td(value) -> str:
+    text = _format(value)
+    numeric = isinstance(value, (int, float)) and not isinstance(value, bool) or bool(NUMBER.match(text))
+    return f"<td{' class=num' if numeric else ''}>{html.escape(text)}</td>"
+
+
+def _format(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value)
+    return "–" if value is None else str(value)
+
+
+def _inline(text: str) -> str:
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
+
+
+# --------------------------------------------------------------------------- sections per kind of run
+
+def _training_section(page: Page, run_dir: Path, plots: Path, title: str = "Training") -> None:
+    from preftune.report.measure_plots import plot_diagnostics
+    from preftune.report.plots import plot_training
+
+    summary_path = run_dir / "train_summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    page.heading(f"{title}: {summary.get('objective', run_dir.name)}")
+    if summary:
+        page.mapping({"objective": summary["objective"], "steps": summary["steps"], "epochs": summary.get("epochs"),
+                      "global batch": summary.get("global_batch"), "reference": summary.get("reference"),
+                      "train examples": summary.get("data", {}).get("train_examples"),
+                      "held-out examples": summary.get("data", {}).get("eval_examples")}, "run")
+        final = {k: v for k, v in summary.get("final_train_metrics", {}).items() if isinstance(v, float)}
+        if final:
+            page.mapping(final, "last training step")
+        if summary.get("eval"):
+            page.mapping(summary["eval"], "held-out evaluation")
+    metrics = read_metrics(run_dir)
+    if any("loss" in r for r in metrics):
+        page.image(plot_training(run_dir, plots / f"{run_dir.name}_training.png"), "training curves: loss, accuracy, "
+                   "margin, chosen and rejected log-likelihood")
+    diagnostics = [r for r in metrics if any(k.startswith("diag/") for k in r)]
+    if diagnostics:
+        page.image(plot_diagnostics(run_dir, plots / f"{run_dir.name}_diagnostics.png"), "training diagnostics on "
+                   "held-out data")
+        from preftune.eval.diagnostics import diagnostic_warnings
+
+        for warning in diagnostic_warnings(diagnostics):
+            page.paragraph(f"Warning: {warning}.")
+        first, last = diagnostics[0], diagnostics[-1]
+        keys = [k for k in last if k.startswith("diag/")]
+        page.table(["diagnostic", f"step {first['step']}", f"step {last['step']}"],
+                   [[k[len("diag/"):], first.get(k), last.get(k)] for k in keys], "diagnostics, first and last")
+
+
+def _pipeline_section(page: Page, run_dir: Path, plots: Path) -> None:
+    summary = json.loads((run_dir / "summary.json").read_text())
+    from preftune.pipeline import ROWS
+
+    page.heading(f"Quickstart: {summary['objective']} on {summary['task']}")
+    page.table(["metric", "SFT", f"SFT + {summary['objective']}", "change"],
+               [[label, summary["before"][k], summary["after"][k], summary["after"][k] - summary["before"][k]]
+                for k, label, _ in ROWS if k in summary["before"] and k in summary["after"]])
+    page.mapping(summary["seconds"], f"seconds (total {summary['total_seconds']})")
+    for path in summary.get("plots", []):
+        page.image(Path(path), Path(path).stem.replace("_", " "))
+    if (run_dir / "preference").exists():
+        _training_section(page, run_dir / "preference", plots, "Preference stage")
+
+
+def _bench_section(page: Page, run_dir: Path, plots: Path) -> None:
+    from preftune.bench import format_markdown
+    from preftune.report.measure_plots import plot_bench
+
+    report = json.loads((run_dir / "results.json").read_text())
+    page.heading("Benchmark")
+    page.markdown(format_markdown(report))
+    page.heading("Gold reward per method and task")
+    for path in plot_bench(report, plots):
+        page.image(path, f"gold reward per method (mean ± std over seeds), {path.stem.split('_')[-1]} start")
+
+
+def _sweep_section(page: Page, sweep_json: Path, plots: Path) -> None:
+    from preftune.eval.sweep import format_sweep
+    from preftune.report.measure_plots import plot_sweep
+
+    report = json.loads(sweep_json.read_text())
+    page.heading(f"KL-budget sweep: {report['loss']} on {report['task']}")
+    page.image(plot_sweep(report, plots / "sweep.png"), "gold reward gain against sqrt(KL), with the fitted curve")
+    for line in format_sweep(report).splitlines():
+        page.paragraph(line)
+    page.table(["value", "step", "KL", "d", "gold reward"],
+               [[p["value"], p["step"], p["kl"], p["d"], p["gold_reward"]] for p in report["points"]])
+
+
+def _probe_section(page: Page, probe_json: Path, plots: Path) -> None:
+    from preftune.eval.probe import ProbeResult
+    from preftune.report.measure_plots import plot_probe
+
+    report = json.loads(probe_json.read_text())
+    page.heading(f"Separability probe: {report['data']} on {report['model']}")
+    results = {int(k): ProbeResult(**v) for k, v in report["layers"].items()}
+    page.image(plot_probe(results, plots / "probe.png"), "held-out probe accuracy per layer")
+    page.table(["layer", "accuracy", "AUC", "Fisher ratio"],
+               [[k, r.accuracy, r.auc, r.fisher_ratio] for k, r in sorted(results.items())],
+               f"{report['pairs']} pairs, {report['folds']}-fold pair-grouped CV, pooling {report['pooling']}")
+
+
+def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Write RUN_DIR/report.html (or `out`) and return its path."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"{run_dir} is not a directory")
+    plots = run_dir / "report_plots"
+    page = Page(f"preftune report: {run_dir.resolve().name}")
+    page.paragraph(f"Run directory `{run_dir.resolve()}`; generated {time.strftime('%Y-%m-%d %H:%M:%S')}.", muted=True)
+    found = False
+    if (run_dir / "summary.json").exists():
+        _pipeline_section(page, run_dir, plots)
+        found = True
+    elif (run_dir / "train_summary.json").exists() or (run_dir / "metrics.jsonl").exists():
+        _training_section(page, run_dir, plots)
+        found = True
+    if (run_dir / "results.json").exists():
+        _bench_section(page, run_dir, plots)
+        found = True
+    for sweep_json in (run_dir / "sweep" / "sweep.json", run_dir / "sweep.json"):
+        if sweep_json.exists():
+            _sweep_section(page, sweep_json, plots)
+            found = True
+    if (run_dir / "probe.json").exists():
+        _probe_section(page, run_dir / "probe.json", plots)
+        found = True
+    if not found:
+        raise FileNotFoundError(f"{run_dir} holds no preftune run (no train_summary.json, metrics.jsonl, summary.json, "
+                                f"results.json, sweep.json or probe.json)")
+    path = Path(out) if out else run_dir / "report.html"
+    path.write_text(page.render())
+    return path

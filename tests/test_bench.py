@@ -1,0 +1,146 @@
+"""`preftune bench` on the smoke configuration: the table's rows and columns, mean ± std over three
+seeds recomputed from the cells, shared SFT models and pairs, resuming; and `preftune sweep` on
+the same shared assets."""
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+
+from preftune.bench import bench_entries, load_bench_config, run_bench
+from preftune.config import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+AXES = ["data strategy", "learning framework", "constraint mechanism", "model property"]
+
+
+def _table(markdown: str, title: str) -> list[list[str]]:
+    lines = markdown.splitlines()
+    start = lines.index(title) + 2
+    rows = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip().strip("|").split("|")])
+    return [r for r in rows if not set("".join(r)) <= {"-"}]
+
+
+@pytest.mark.slow
+def test_smoke_table_has_every_method_task_and_start_with_taxonomy_columns(smoke_bench):
+    cfg, report = smoke_bench
+    markdown = (cfg.run_dir / "results.md").read_text()
+    assert markdown.startswith("Command: `preftune bench --smoke`")
+    for start, title in (("sft", "### Gold reward, preference training after SFT"),
+                         ("base", "### Gold reward, preference training from the base model (no SFT stage)")):
+        header, *rows = _table(markdown, title)
+        assert header == ["method", *AXES, "arithmetic"]
+        assert [r[0] for r in rows] == [f"({start} model)", "dpo", "simpo"]
+        assert all("±" in r[-1] for r in rows), rows
+        simpo = rows[-1]
+        assert "reference-free" in simpo[3] and "pairwise" in simpo[1]
+    header, *_ = _table(markdown, "#### arithmetic")
+    assert header[:7] == ["method", "start", "gold reward", "win-rate vs SFT", "KL", "length", "train s"]
+    assert all(c["status"] == "ok" for c in report["cells"]), [c.get("error") for c in report["cells"]]
+    assert len(report["cells"]) == 2 * 2 * 3
+
+
+@pytest.mark.slow
+def test_every_number_is_mean_and_std_over_three_seeds_of_the_cells(smoke_bench):
+    cfg, report = smoke_bench
+    markdown = (cfg.run_dir / "results.md").read_text()
+    for start, title in (("sft", "### Gold reward, preference training after SFT"),
+                         ("base", "### Gold reward, preference training from the base model (no SFT stage)")):
+        shown = {r[0]: r[-1] for r in _table(markdown, title)}
+        for method in ("dpo", "simpo"):
+            cells = [json.loads((cfg.run_dir / "cells" / "arithmetic" / start / method / f"seed{s}.json").read_text())
+                     for s in (0, 1, 2)]
+            values = [c["metrics"]["gold_reward"] for c in cells]
+            row = next(r for r in report["rows"] if (r["start"], r["method"]) == (start, method))
+            stat = row["metrics"]["gold_reward"]
+            assert stat["n"] == 3 and stat["mean"] == pytest.approx(statistics.fmean(values))
+            assert stat["std"] == pytest.approx(statistics.stdev(values))
+            assert shown[method] == f"{stat['mean']:.3f} ± {stat['std']:.3f}"
+            for key in ("win_rate", "kl", "length"):
+                assert row["metrics"][key]["n"] == 3
+            assert row["train_seconds"]["n"] == 3 and row["train_seconds"]["mean"] > 0
+    results = json.loads((cfg.run_dir / "results.json").read_text())
+    assert results["command"] == "preftune bench --smoke" and results["seeds"] == [0, 1, 2]
+    assert all(Path(p).stat().st_size > 1000 for p in results["plots"])
+
+
+@pytest.mark.slow
+def test_sft_models_and_pairs_are_made_once_per_seed_and_shared(smoke_bench):
+    cfg, report = smoke_bench
+    made = [json.loads(p.read_text()) for p in (cfg.run_dir / "assets" / "sft").glob("*/sft.json")]
+    assert sorted((m["task"], m["seed"]) for m in made) == [("arithmetic", 0), ("arithmetic", 1), ("arithmetic", 2)]
+    assert len(list((cfg.run_dir / "assets" / "samples").glob("*.json"))) == 3
+    for seed in (0, 1, 2):
+        stats = [c["data"] for c in report["cells"] if c["seed"] == seed]
+        assert len({s["rows"] for s in stats}) == 1  # every method and both starts: the same pairs
+    # The SFT model improves on the base model, and its win-rate against itself is about even.
+    rows = {(r["start"], r["method"]): r["metrics"] for r in report["rows"]}
+    assert rows[("sft", "(sft model)")]["gold_reward"]["mean"] > rows[("base", "(base model)")]["gold_reward"]["mean"]
+    assert rows[("sft", "(sft model)")]["win_rate"]["mean"] == pytest.approx(0.5, abs=0.1)
+
+
+@pytest.mark.slow
+def test_a_second_run_resumes_without_retraining(smoke_bench):
+    cfg, report = smoke_bench
+    cells = sorted((cfg.run_dir / "cells").rglob("*.json"))
+    stamps = [p.stat().st_mtime_ns for p in cells]
+    again = run_bench(cfg, "preftune bench --smoke", progress=False, log=lambda *a: None)
+    assert [p.stat().st_mtime_ns for p in cells] == stamps
+    assert again["rows"] == report["rows"]
+
+
+def test_tasks_with_the_same_demonstrations_share_the_sft_model_and_samples():
+    from preftune.bench import sft_key
+
+    cfg = load_bench_config(ROOT / "configs" / "bench" / "full.yaml")
+    assert sft_key(cfg, "arithmetic", 0) == sft_key(cfg, "noisy-labels", 0) == sft_key(cfg, "mixed-margins", 0)
+    assert len({sft_key(cfg, task, 0) for task in cfg.tasks}) == len(cfg.tasks) - 2
+    assert sft_key(cfg, "arithmetic", 0) != sft_key(cfg, "arithmetic", 1)
+
+
+def test_entries_cover_recipes_and_registered_offline_methods():
+    cfg = load_bench_config(ROOT / "configs" / "bench" / "full.yaml", [f"--recipes={ROOT / 'configs' / 'methods'}"])
+    entries = {e.name: e for e in bench_entries(cfg)}
+    from preftune.methods import all_methods
+
+    offline = {s.name for s in all_methods() if s.family.startswith("offline")}
+    assert offline <= set(entries) and "sft" not in entries
+    assert entries["dpo"].loss is None and entries["dpo"].recipe.endswith("dpo.yaml")
+    recipe_less = [e for e in entries.values() if e.loss is not None]
+    assert all(e.recipe.endswith("dpo.yaml") and e.loss == e.name for e in recipe_less)
+
+
+def test_bench_config_errors_name_the_problem():
+    with pytest.raises(ConfigError, match="unknown task 'nope'"):
+        load_bench_config(None, ["--tasks={nope: {}}"])
+    with pytest.raises(ConfigError, match="starts"):
+        load_bench_config(None, ["--starts=[rl]"])
+    with pytest.raises(ConfigError, match="no recipe or offline method 'nosuch'"):
+        bench_entries(load_bench_config(None, ["--methods=[nosuch]", f"--recipes={ROOT / 'configs' / 'methods'}"]))
+    with pytest.raises(ConfigError, match="unknown key 'tasks.arithmetic.steps'"):
+        load_bench_config(None, ["--tasks={arithmetic: {steps: 3}}"])
+
+
+@pytest.mark.slow
+def test_sweep_on_the_benchs_shared_assets_fits_and_plots(smoke_bench):
+    from preftune.eval.sweep import format_sweep, run_sweep
+
+    cfg, _ = smoke_bench
+    cfg.preference.lr = 3e-3  # a few steps must move the policy measurably
+    cfg.preference.batch_size = 4  # the smoke SFT model's few pairs, less the held-out tenth
+    report = run_sweep(cfg, "arithmetic", values=(0.1, 1.0), seed=0, every=2, prompts=8, samples_per_prompt=2,
+                       progress=False, log=lambda *a: None)
+    assert [(p["value"], p["step"]) for p in report["points"]] == [(0.1, 0), (0.1, 2), (0.1, 4), (1.0, 0), (1.0, 2),
+                                                                   (1.0, 4)]
+    assert all(p["d"] == pytest.approx(max(p["kl"], 0) ** 0.5) for p in report["points"])
+    assert report["points"][0]["gain"] == 0.0
+    assert {"alpha", "beta", "d_star", "r_star", "rmse"} <= set(report["fit"])
+    assert Path(report["plot"]).stat().st_size > 1000
+    assert json.loads((cfg.run_dir / "sweep" / "sweep.json").read_text())["fit"] == report["fit"]
+    assert "fit R(d) = d(alpha - beta log d)" in format_sweep(report)
