@@ -109,39 +109,56 @@ def cache_key(data: str, weights: str, precision: str) -> str:
 class ReferenceLogpsCache:
     """Reference log-probs of a set of examples, looked up by example id.
 
-    ids: (n,) example ids; sums, lengths: (n, K). With per-token values: counts (n, K) response
-    tokens per response and tokens, the values of all of them concatenated example by example and
-    response by response (the order in which `masked_scatter` fills a batch's response mask).
+    Examples may have different numbers of responses (listwise data), so values are kept per
+    response, flat, in example order: ids (n,) example ids; responses (n,) how many responses each
+    has; sums, lengths (total responses,); tokens: the per-token values of every response token,
+    response after response (`lengths` says how many each has; this is the order in which
+    `masked_scatter` fills a batch's response mask), or None when only sums were computed.
     """
 
     ids: Tensor
+    responses: Tensor
     sums: Tensor
     lengths: Tensor
-    counts: Tensor | None = None
     tokens: Tensor | None = None
 
     def __post_init__(self) -> None:
         self.row_of = {int(i): r for r, i in enumerate(self.ids.tolist())}
-        if self.tokens is not None:
-            ends = self.counts.sum(1).cumsum(0)
-            self.starts = (ends - self.counts.sum(1)).tolist()
-            self.ends = ends.tolist()
+        self.response_counts = self.responses.tolist()
+        self.first_response = (self.responses.cumsum(0) - self.responses).tolist()
+        self.token_counts = self.lengths.long().tolist()
+        self.first_token = (self.lengths.long().cumsum(0) - self.lengths.long()).tolist()
+
+    @classmethod
+    def empty(cls, token_level: bool) -> "ReferenceLogpsCache":
+        none = torch.zeros(0, dtype=torch.long)
+        return cls(none, none, torch.zeros(0), torch.zeros(0), torch.zeros(0) if token_level else None)
 
     @property
     def has_tokens(self) -> bool:
         return self.tokens is not None
 
-    def covers(self, ids: list[int], token_level: bool) -> bool:
-        return (self.has_tokens or not token_level) and all(i in self.row_of for i in ids)
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def _flat_responses(self, rows: list[int]) -> list[int]:
+        return [self.first_response[r] + j for r in rows for j in range(self.response_counts[r])]
+
+    def _token_values(self, flat: list[int]) -> Tensor:
+        pieces = [self.tokens[self.first_token[f]:self.first_token[f] + self.token_counts[f]] for f in flat]
+        return torch.cat(pieces) if pieces else torch.zeros(0)
 
     def lookup(self, batch: Batch, token_level: bool = False) -> Logps:
         """The reference Logps of `batch`, as a live reference would compute them."""
         if batch.example_ids is None:
             raise ValueError("the reference cache needs batches collated with example_ids")
-        rows = [self.row_of[int(i)] for i in batch.example_ids.tolist()]
-        device = batch.input_ids.device
-        sums, lengths = self.sums[rows].to(device), self.lengths[rows].to(device)
         b, k = batch.num_examples, batch.num_responses
+        rows = [self.row_of[int(i)] for i in batch.example_ids.tolist()]
+        if any(self.response_counts[r] != k for r in rows):
+            raise RuntimeError("the cached reference values belong to other examples than this batch")
+        flat = self._flat_responses(rows)
+        device = batch.input_ids.device
+        sums, lengths = self.sums[flat].view(b, k).to(device), self.lengths[flat].view(b, k).to(device)
         mask = batch.response_mask[:, 1:].reshape(b, k, -1)
         if not torch.equal(mask.sum(-1).to(lengths.dtype), lengths):
             raise RuntimeError("the cached reference values belong to other response lengths than this batch")
@@ -149,30 +166,26 @@ class ReferenceLogpsCache:
             return Logps(sum=sums, length=lengths)
         if not self.has_tokens:
             raise RuntimeError("this reference cache holds no per-token values")
-        values = torch.cat([self.tokens[self.starts[r]:self.ends[r]] for r in rows]).to(device)
+        values = self._token_values(flat).to(device)
         tokens = torch.zeros(mask.shape, dtype=values.dtype, device=device).masked_scatter(mask, values)
         return Logps(sum=sums, length=lengths, tokens=tokens, mask=mask)
 
+    def rows(self, rows: list[int]) -> "ReferenceLogpsCache":
+        """A table of some of this table's examples."""
+        flat = self._flat_responses(rows)
+        return ReferenceLogpsCache(self.ids[rows], self.responses[rows], self.sums[flat], self.lengths[flat],
+                                   self._token_values(flat) if self.has_tokens else None)
+
     def merged(self, other: "ReferenceLogpsCache") -> "ReferenceLogpsCache":
-        """This table plus the examples of `other` it lacks (per-token values only if both have them)."""
-        if len(other.ids) == 0 or len(self.ids) == 0:
-            return self if len(other.ids) == 0 else other
-        new = [r for r, i in enumerate(other.ids.tolist()) if int(i) not in self.row_of]
-        with_tokens = self.has_tokens and other.has_tokens
-        parts = [(self, list(range(len(self.ids)))), (other, new)]
-        return ReferenceLogpsCache(
-            ids=torch.cat([t.ids[r] for t, r in parts]), sums=torch.cat([t.sums[r] for t, r in parts]),
-            lengths=torch.cat([t.lengths[r] for t, r in parts]),
-            counts=torch.cat([t.counts[r] for t, r in parts]) if with_tokens else None,
-            tokens=torch.cat([t.tokens[s:e] for t, r in parts for s, e in
-                              ((t.starts[i], t.ends[i]) for i in r)] or [torch.zeros(0)]) if with_tokens else None)
+        """This table plus the examples of `other` it lacks."""
+        return concat([self, other.rows([r for r, i in enumerate(other.ids.tolist()) if int(i) not in self.row_of])])
 
     def save(self, path: Path, meta: dict) -> None:
         """Write atomically (a temporary file renamed), so concurrent runs never read half a file."""
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_suffix(f".tmp{os.getpid()}")
-        torch.save({"format": FORMAT_VERSION, "meta": meta, "ids": self.ids, "sums": self.sums,
-                    "lengths": self.lengths, "counts": self.counts, "tokens": self.tokens}, temporary)
+        torch.save({"format": FORMAT_VERSION, "meta": meta, "ids": self.ids, "responses": self.responses,
+                    "sums": self.sums, "lengths": self.lengths, "tokens": self.tokens}, temporary)
         os.replace(temporary, path)
 
     @classmethod
@@ -182,39 +195,47 @@ class ReferenceLogpsCache:
         stored = torch.load(path, weights_only=True)
         if stored.get("format") != FORMAT_VERSION:
             return None
-        return cls(stored["ids"], stored["sums"], stored["lengths"], stored["counts"], stored["tokens"])
+        return cls(stored["ids"], stored["responses"], stored["sums"], stored["lengths"], stored["tokens"])
+
+
+def concat(tables: list[ReferenceLogpsCache]) -> ReferenceLogpsCache:
+    """One table of several holding different examples (per-token values only if all have them)."""
+    with_tokens = all(t.has_tokens for t in tables)
+    return ReferenceLogpsCache(torch.cat([t.ids for t in tables]), torch.cat([t.responses for t in tables]),
+                               torch.cat([t.sums for t in tables]), torch.cat([t.lengths for t in tables]),
+                               torch.cat([t.tokens for t in tables]) if with_tokens else None)
 
 
 def compute_reference_logps(model: nn.Module, examples: list[TokenizedExample], ids: list[int], pad_token_id: int,
                             batch_size: int, token_level: bool, logps_fn: Callable, device,
                             autocast=None, progress: bool = False) -> ReferenceLogpsCache:
-    """One no-grad pass of `model` over `examples[i]` for i in `ids`; batches sorted by length so that
-    little padding is computed. `logps_fn(model, batch, token_level)` is the log-prob path to use."""
-    order = sorted(ids, key=lambda i: len(examples[i].prompt_ids) + max(map(len, examples[i].response_ids)))
-    sums, lengths, counts, tokens = [], [], [], []
-    batches = range(0, len(order), batch_size)
+    """One no-grad pass of `model` over `examples[i]` for i in `ids`, in eval mode.
+
+    Batches hold examples with the same number of responses, sorted by length so that little
+    padding is computed. `logps_fn(model, batch, token_level)` is the log-prob path to use.
+    """
+    by_size: dict[int, list[int]] = {}
+    for i in ids:
+        by_size.setdefault(len(examples[i].response_ids), []).append(i)
+    batches = []
+    for size in sorted(by_size):
+        members = sorted(by_size[size], key=lambda i: len(examples[i].prompt_ids) + max(map(len, examples[i].response_ids)))
+        batches += [members[start:start + batch_size] for start in range(0, len(members), batch_size)]
+    parts = [ReferenceLogpsCache.empty(token_level)]
     modes = {module: module.training for module in model.modules()}
     model.eval()  # a reference never runs dropout
     try:
-        for start in tqdm(batches, disable=not progress, desc="reference log-probs", dynamic_ncols=True):
-            chosen = order[start:start + batch_size]
+        for chosen in tqdm(batches, disable=not progress, desc="reference log-probs", dynamic_ncols=True):
             batch = collate([examples[i] for i in chosen], pad_token_id, example_ids=chosen).to(device)
             with torch.no_grad(), (autocast() if autocast is not None else contextlib.nullcontext()):
                 logps = logps_fn(model, batch, token_level)
-            sums.append(logps.sum.float().cpu())
-            lengths.append(logps.length.float().cpu())
-            if token_level:
-                counts.append(logps.mask.sum(-1).cpu())
-                tokens.append(logps.tokens[logps.mask].float().cpu())
+            parts.append(ReferenceLogpsCache(
+                torch.tensor(chosen), torch.full((len(chosen),), batch.num_responses), logps.sum.float().flatten().cpu(),
+                logps.length.float().flatten().cpu(), logps.tokens[logps.mask].float().cpu() if token_level else None))
     finally:
         for module, training in modes.items():
             module.training = training
-    empty = torch.zeros(0, 0)
-    return ReferenceLogpsCache(
-        ids=torch.tensor(order, dtype=torch.long), sums=torch.cat(sums) if sums else empty,
-        lengths=torch.cat(lengths) if lengths else empty,
-        counts=torch.cat(counts) if token_level and counts else None,
-        tokens=torch.cat(tokens) if token_level and tokens else None)
+    return concat(parts)
 
 
 def prepare_reference_cache(reference, examples: list[TokenizedExample], needed: list[int], *, cache_dir: Path,
@@ -247,10 +268,7 @@ def prepare_reference_cache(reference, examples: list[TokenizedExample], needed:
     if accelerator.num_processes > 1:
         from accelerate.utils import gather_object
 
-        shares = gather_object([computed])
-        computed = shares[0]
-        for other in shares[1:]:
-            computed = computed.merged(other)
+        computed = concat(gather_object([computed]))
     table = computed if table is None else table.merged(computed)
     if accelerator.is_main_process:
         table.save(path, {"examples": len(examples), "precision": precision, "token_level": token_level})

@@ -47,20 +47,17 @@ class BatchPlan:
     def step_indices(self, step: int) -> list[int]:
         """The global batch of optimizer step `step`: a slice of that epoch's permutation."""
         epoch, position = divmod(step, self.steps_per_epoch)
-        start = position * self.global_batch
-        return self.epoch_order(epoch)[start:start + self.global_batch].tolist()
-
-    def epoch_order(self, epoch: int) -> torch.Tensor:
-        """The permutation of the examples that epoch `epoch` walks through."""
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        return torch.randperm(self.num_examples, generator=generator)
+        order = torch.randperm(self.num_examples, generator=generator)
+        start = position * self.global_batch
+        return order[start:start + self.global_batch].tolist()
 
     def examples_used(self) -> list[int]:
         """Sorted indices of the examples the run's steps take, for the reference cache. From one full
         epoch on that is all of them (including an epoch's dropped tail, which a later epoch may use)."""
         if self.total_steps >= self.steps_per_epoch:
             return list(range(self.num_examples))
-        return sorted(self.epoch_order(0)[:self.total_steps * self.global_batch].tolist())
+        return sorted({i for step in range(self.total_steps) for i in self.step_indices(step)})
 
     def micro_batches(self, step: int, rank: int) -> list[list[int]]:
         """The micro-batches process `rank` runs at `step`, in order."""
