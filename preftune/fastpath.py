@@ -381,8 +381,11 @@ def _probe(model: nn.Module, core: nn.Module) -> Capabilities:
     batch = probe_batch(int(getattr(config, "vocab_size", 0) or head.weight.shape[0])).to(device)
     reasons = []
 
-    with torch.no_grad():
-        expected = sequence_logps(model, batch, token_level=True).tokens
+    try:
+        with torch.no_grad():
+            expected = sequence_logps(model, batch, token_level=True).tokens
+    except Exception as error:  # the plain path will raise it again, where the user sees it
+        return Capabilities(False, False, hidden_size, window, f"plain forward failed: {type(error).__name__}: {error}")
 
     chunked = False
     if head is None:
