@@ -95,14 +95,17 @@ class RowLayout:
         return self.segment is not None
 
     def cost(self, hidden_size: int) -> float:
-        """Estimated forward cost in token-units: rows * S * (1 + S / (6 d)).
+        return estimated_cost(*self.input_ids.shape, hidden_size)
 
-        Per token and layer the projections and MLP cost about 24 d^2 FLOPs and attention over a
-        (dense, masked) row of S keys about 4 S d, hence the S / (6 d) term: a longer row is not
-        free even when it holds fewer tokens.
-        """
-        rows, length = self.input_ids.shape
-        return rows * length * (1.0 + length / (6.0 * hidden_size))
+
+def estimated_cost(rows: int, width: int, hidden_size: int) -> float:
+    """Forward cost of rows x width tokens in token-units: rows * S * (1 + S / (6 d)).
+
+    Per token and layer the projections and MLP cost about 24 d^2 FLOPs and attention over a
+    (dense, masked) row of S keys about 4 S d, hence the S / (6 d) term: a longer row is not free
+    even when it holds fewer tokens. (The lm-head runs on the scored tokens alone in every layout.)
+    """
+    return rows * width * (1.0 + width / (6.0 * hidden_size))
 
 
 def plain_layout(batch: Batch) -> RowLayout:
@@ -171,6 +174,25 @@ def _segments(batch: Batch, share_prompt: bool) -> list[_Segment] | None:
     return segments
 
 
+def segment_lengths(batch: Batch, share_prompt: bool) -> list[int]:
+    """Token count of each segment a block layout would have (cheap: from the masks alone)."""
+    real = batch.attention_mask.bool().cpu()
+    row_lengths = real.sum(1)
+    if not share_prompt:
+        return row_lengths.tolist()
+    k = batch.num_responses
+    responses = batch.response_mask.cpu().sum(1).view(-1, k)
+    prompts = (row_lengths.view(-1, k)[:, 0] - responses[:, 0])
+    return (prompts + responses.sum(1)).tolist()
+
+
+def arrange(lengths: list[int], pack: bool) -> tuple[list[list[int]], int]:
+    """Segments per row and the row width: one segment per row, or packed first-fit decreasing into
+    rows no longer than the longest segment (so packing never lengthens rows)."""
+    rows = _pack(lengths, max(lengths)) if pack else [[i] for i in range(len(lengths))]
+    return rows, max(sum(lengths[i] for i in row) for row in rows)
+
+
 def _pack(lengths: list[int], capacity: int) -> list[list[int]]:
     """First-fit decreasing: segment indices per row, each row at most `capacity` tokens."""
     rows: list[list[int]] = []
@@ -194,9 +216,7 @@ def block_layout(batch: Batch, share_prompt: bool, pack: bool) -> RowLayout | No
     if segments is None:
         return None
     lengths = [len(s.tokens) for s in segments]
-    capacity = max(lengths)
-    rows = _pack(lengths, capacity) if pack else [[i] for i in range(len(segments))]
-    width = max(sum(lengths[i] for i in row) for row in rows)
+    rows, width = arrange(lengths, pack)
     shape = (len(rows), width)
     input_ids = torch.zeros(shape, dtype=torch.long)  # id 0 on padding: never attended, never scored
     position_ids = torch.zeros(shape, dtype=torch.long)
@@ -232,10 +252,15 @@ def block_attention_mask(layout: RowLayout, attn_implementation: str) -> Tensor:
     seg, branch = layout.segment, layout.branch
     width = seg.shape[1]
     index = torch.arange(width, device=seg.device)
-    causal = index[:, None] >= index[None, :]
-    same_segment = (seg[:, :, None] == seg[:, None, :]) & (seg[:, :, None] >= 0)
-    visible = (branch[:, None, :] == 0) | (branch[:, :, None] == branch[:, None, :])
-    allowed = (causal & same_segment & visible) | torch.eye(width, dtype=torch.bool, device=seg.device)
+    # Built in place: at most two (R, S, S) tensors exist at once.
+    allowed = seg[:, :, None] == seg[:, None, :]
+    allowed &= (seg >= 0)[:, :, None]
+    visible = branch[:, :, None] == branch[:, None, :]
+    visible |= (branch == 0)[:, None, :]
+    allowed &= visible
+    del visible
+    allowed &= index[:, None] >= index[None, :]
+    allowed |= torch.eye(width, dtype=torch.bool, device=seg.device)
     allowed = allowed[:, None]
     if attn_implementation == "sdpa":
         return allowed
@@ -470,22 +495,28 @@ def capabilities(model: nn.Module) -> Capabilities:
 
 def choose_layout(batch: Batch, options: FastPathOptions, caps: Capabilities) -> RowLayout | None:
     """The cheapest layout the options and the model allow, or None for the plain path with full
-    logits. Block layouts compete on `RowLayout.cost` with the batch's own rows."""
-    plain = plain_layout(batch)
-    best = plain if options.chunked_head and caps.chunked_head else None
+    logits. Block layouts compete on `estimated_cost` with the batch's own rows; only the winner
+    is built."""
+    plain = plain_layout(batch) if options.chunked_head and caps.chunked_head else None
     if not caps.block_mask or not (options.prompt_sharing or options.packing):
-        return best
+        return plain
     if caps.sliding_window is not None and batch.input_ids.shape[1] > caps.sliding_window:
-        return best
-    candidates = [(True, options.packing)] if options.prompt_sharing else []
+        return plain
+    shapes = [(True, options.packing)] if options.prompt_sharing else []
     if options.packing:
-        candidates.append((False, True))
-    best_cost = plain.cost(caps.hidden_size)
-    for share, pack in candidates:
+        shapes.append((False, True))
+    candidates = []
+    for share, pack in shapes:
+        rows, width = arrange(segment_lengths(batch, share), pack)
+        candidates.append((estimated_cost(len(rows), width, caps.hidden_size), share, pack))
+    plain_cost = estimated_cost(*batch.input_ids.shape, caps.hidden_size)
+    for cost, share, pack in sorted(candidates):
+        if cost >= plain_cost:
+            break
         layout = block_layout(batch, share, pack)
-        if layout is not None and layout.cost(caps.hidden_size) < best_cost:
-            best, best_cost = layout, layout.cost(caps.hidden_size)
-    return best
+        if layout is not None:  # None: the rows do not share their prompt as collate lays it out
+            return layout
+    return plain
 
 
 def batch_logps(model: nn.Module, batch: Batch, token_level: bool = False,
