@@ -58,17 +58,19 @@ class Shape:
     intermediate: int
     tied: bool
     batch: int               # pairs per step
-    data: tuple              # ((data name, mean prompt tokens, mean response tokens), ...)
+    data: tuple              # ((data name, mean prompt tokens, mean response tokens, spread), ...): each
+                             # length is drawn uniformly within +-spread of its mean
     warmup: int              # steps not timed
     steps: int               # timed steps
 
 
 SHAPES = {
     # The built-in tiny model of preftune/models.py.
-    "tiny": Shape("tiny", 0, 128, 4, 4, 384, True, 8, (("prompt-heavy", 160, 40), ("balanced", 96, 96)), 2, 6),
+    "tiny": Shape("tiny", 0, 128, 4, 4, 384, True, 8,
+                  (("prompt-heavy", 160, 40, 0.125), ("balanced", 96, 96, 0.125), ("varied", 120, 30, 0.75)), 2, 6),
     # A 32k vocabulary (untied head, as in Llama-2-class models) and long prompts.
     "wide-32k": Shape("wide-32k", 32000, 256, 4, 4, 688, False, 4,
-                      (("prompt-heavy", 384, 96), ("balanced", 240, 240)), 1, 3),
+                      (("prompt-heavy", 384, 96, 0.125), ("balanced", 240, 240, 0.125)), 1, 3),
 }
 # (library, variant): how each side is configured. The reference is live (a second model, one more
 # forward per step) or served from values computed before training.
@@ -79,6 +81,15 @@ CONFIGS = [
     ("trl", "precomputed"),       # precompute_ref_log_probs=True
 ]
 TRL_DEFAULT = ("trl", "checkpointing")  # TRL's own default (gradient checkpointing on), for context
+# On data whose lengths vary widely: what packing adds (preftune with and without it).
+PACKING_CONFIGS = [("preftune", "cached"), ("preftune", "cached-unpacked"), ("trl", "precomputed")]
+PACKING_DATA = "varied"
+RUN_LABELS = {
+    ("preftune", "cached"): "preftune, cached reference", ("preftune", "live"): "preftune, live reference",
+    ("preftune", "cached-unpacked"): "preftune, cached reference, packing off",
+    ("trl", "live"): "TRL, live reference", ("trl", "precomputed"): "TRL, precomputed reference",
+    ("trl", "checkpointing"): "TRL, live reference, gradient checkpointing (TRL default)",
+}
 LOSSES = {"dpo": "sigmoid", "ipo": "ipo", "hinge": "hinge"}  # preftune name -> TRL loss_type
 BETA = 0.1
 PARITY_STEPS = 5
@@ -127,12 +138,12 @@ def build_model(shape: Shape, path: Path) -> int:
     return total if tied else total - embedding.numel()
 
 
-def make_rows(shape: Shape, prompt_len: int, response_len: int, count: int, seed: int) -> list[dict]:
-    """Random text with lengths spread +-12.5% around the means (so batches hold some padding)."""
+def make_rows(shape: Shape, prompt_len: int, response_len: int, spread: float, count: int, seed: int) -> list[dict]:
+    """Random text, each length drawn uniformly within +-spread of its mean."""
     rng = random.Random(seed)
 
     def length(mean):
-        return rng.randint(round(mean * 0.875), round(mean * 1.125))
+        return rng.randint(max(1, round(mean * (1 - spread))), round(mean * (1 + spread)))
 
     def text(n, leading_space):
         if shape.vocab == 0:
@@ -180,7 +191,8 @@ def run_preftune(spec: dict, out: Path, times: list) -> dict:
                  f"--train.steps={spec['steps']}", f"--train.lr={spec['lr']}", "--train.warmup_ratio=0",
                  "--train.schedule=constant", "--train.weight_decay=0", "--train.max_grad_norm=1.0",
                  f"--train.precision={spec['precision']}", "--train.progress=false", "--train.seed=0",
-                 f"--speed.reference_cache={'on' if spec['variant'] == 'cached' else 'off'}",
+                 f"--speed.reference_cache={'off' if spec['variant'] == 'live' else 'on'}",
+                 f"--speed.packing={spec['variant'] != 'cached-unpacked'}",
                  f"--speed.reference_cache_dir={out}/reference-cache"]
     cfg = load_config(None, overrides)
     run_dir = train(cfg, on_step_end=lambda step, metrics: times.append(time.perf_counter()))
@@ -305,18 +317,18 @@ def measure(args, work: Path) -> dict:
         steps = args.steps or shape.steps
         warmup = shape.warmup
         results["shapes"][shape.name] = {**asdict(shape), "matmul_params": n_matmul}
-        for seed, (data_name, prompt, response) in enumerate(shape.data):
-            rows = make_rows(shape, prompt, response, shape.batch * (warmup + steps), seed=seed)
+        for seed, (data_name, prompt, response, spread) in enumerate(shape.data):
+            rows = make_rows(shape, prompt, response, spread, shape.batch * (warmup + steps), seed=seed)
             path = work / f"{shape.name}-{data_name}.jsonl"
             path.write_text("".join(json.dumps(r) + "\n" for r in rows))
             per_pair = tokens_per_pair(shape, rows, model_dir)
-            for library, variant in timing_configs:
+            for library, variant in (PACKING_CONFIGS if data_name == PACKING_DATA else timing_configs):
                 spec = spec_for(shape, library, variant, path, model_dir, (prompt, response), warmup + steps, warmup,
                                 "bf16", "dpo", 1e-5, args.threads)
                 plans.append((shape, data_name, per_pair, n_matmul, spec))
         if shape.name in args.parity_shapes:
-            prompt, response = shape.data[0][1:]
-            rows = make_rows(shape, prompt, response, shape.batch, seed=7)
+            prompt, response, spread = shape.data[0][1:]
+            rows = make_rows(shape, prompt, response, spread, shape.batch, seed=7)
             path = work / f"{shape.name}-parity.jsonl"
             path.write_text("".join(json.dumps(r) + "\n" for r in rows))
             for loss in LOSSES:
@@ -413,14 +425,14 @@ def markdown(results) -> str:
                      f"{shape['warmup']} warm-up + {shape['steps']} timed steps")
     lines += ["", "| shape | data | run | tokens/s | vs TRL same reference | peak MB | vs TRL live | "
               "matmul-peak fraction | first step ends (s) |", "|---|---|---|---:|---:|---:|---:|---:|---:|"]
-    counterpart = {"cached": "precomputed", "live": "live"}
+    counterpart = {"cached": "precomputed", "cached-unpacked": "precomputed", "live": "live"}
     for row in results["timing"]:
         other = find(results, row["shape"], row["data"], "trl", counterpart.get(row["variant"], ""))
         trl_live = find(results, row["shape"], row["data"], "trl", "live")
         speed = f"{row['tokens_per_s'] / other['tokens_per_s']:.2f}x" if row["library"] == "preftune" and other else ""
         memory = f"{row['peak_above_baseline_mb'] / trl_live['peak_above_baseline_mb']:.2f}x" \
             if row["library"] == "preftune" and trl_live else ""
-        lines.append(f"| {row['shape']} | {row['data']} | {row['library']} ({row['variant']} reference) | "
+        lines.append(f"| {row['shape']} | {row['data']} | {RUN_LABELS[row['library'], row['variant']]} | "
                      f"{row['tokens_per_s']:.0f} | {speed} | {row['peak_above_baseline_mb']:.0f} | {memory} | "
                      f"{row['matmul_peak_fraction']:.2f} | {row['first_step_end_s']:.1f} |")
     if results["parity"]:

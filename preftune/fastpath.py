@@ -62,9 +62,6 @@ class FastPathOptions:
         return cls(speed.prompt_sharing, speed.packing, speed.chunked_logps, speed.logits_chunk_tokens)
 
 
-PLAIN = FastPathOptions(prompt_sharing=False, packing=False, chunked_head=False)
-
-
 # --------------------------------------------------------------------------- layouts
 
 @dataclass
@@ -526,7 +523,7 @@ def batch_logps(model: nn.Module, batch: Batch, token_level: bool = False,
     Same values, per-token layout and gradients as the plain path; see the module docstring.
     """
     options = FastPathOptions() if options is None else options
-    if options == PLAIN or not (options.prompt_sharing or options.packing or options.chunked_head):
+    if not (options.prompt_sharing or options.packing or options.chunked_head):
         return sequence_logps(model, batch, token_level)
     caps = capabilities(model)
     layout = choose_layout(batch, options, caps)
