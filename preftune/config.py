@@ -123,6 +123,24 @@ class DiagnosticsConfig:
 
 
 @dataclass
+class SpeedConfig:
+    """Fast paths for log-probs and the reference (preftune/fastpath.py, preftune/reference_cache.py).
+
+    Each fast path gives the plain path's values; a model that cannot take one (probed once)
+    silently uses the plain concatenated batch instead.
+    """
+
+    prompt_sharing: bool = True          # prompt once per example, its responses after it under a block mask
+    packing: bool = True                 # several examples per row (padding-free) where that saves rows
+    chunked_logps: bool = True           # lm-head + log-softmax on response tokens only, in chunks (no (B,T,V) logits)
+    logits_chunk_tokens: int = 0         # tokens per lm-head chunk; 0: as many as fit ~32 MiB of float32 logits
+    reference_cache: Union[str, bool] = "auto"  # auto | on | off (YAML reads on/off as true/false; both work):
+                                         # reference log-probs computed once, stored and reused, no reference
+                                         # model held; auto where it applies (not pointwise data), on insists
+    reference_cache_dir: str | None = None  # None: <run dir's parent>/reference-cache, shared by sibling runs
+
+
+@dataclass
 class RunConfig:
     name: str = "run"
     output_dir: str = "runs/{name}"
@@ -135,6 +153,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
+    speed: SpeedConfig = field(default_factory=SpeedConfig)
 
     @property
     def run_dir(self) -> Path:

@@ -202,21 +202,30 @@ class Reference:
     """Where reference log-probs come from: a frozen model, the policy with LoRA disabled, or nowhere.
 
     Use it as a context manager around the reference forward pass: `with reference.model() as m:`.
+    Once `use_cache` is called the values come from a precomputed table (reference_cache.py) and a
+    frozen model is let go; `kind` still says what the reference is.
     """
 
     def __init__(self, kind: str, frozen: nn.Module | None = None, policy: nn.Module | None = None):
         if kind not in ("model", "lora-disabled", "none"):
             raise ValueError(f"unknown reference kind {kind!r}")
         self.kind, self.frozen, self.policy = kind, frozen, policy
+        self.cache = None
         if frozen is not None:
             frozen.eval()
             frozen.requires_grad_(False)
+
+    def use_cache(self, cache) -> None:
+        """Serve reference log-probs from `cache` (a ReferenceLogpsCache) and release the frozen model."""
+        self.cache, self.frozen = cache, None
 
     @contextmanager
     def model(self, unwrap=lambda m: m):
         if self.kind == "none":
             raise RuntimeError("this objective has no reference model")
         if self.kind == "model":
+            if self.frozen is None:
+                raise RuntimeError("the reference is served from its cache; no reference model is held")
             yield self.frozen
             return
         peft_model = unwrap(self.policy)

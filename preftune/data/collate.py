@@ -16,6 +16,8 @@ class Batch:
     input_ids, attention_mask: (B*K, T), right-padded.
     response_mask: (B*K, T) bool, True on response tokens (the tokens whose log-prob counts).
     extras: per-example data columns for the methods, e.g. label (B,), scores (B, K).
+    example_ids: (B,) which examples of the prepared data these are, when the caller says so (the
+    reference cache looks its values up by them).
     """
 
     input_ids: Tensor
@@ -24,6 +26,7 @@ class Batch:
     num_examples: int
     num_responses: int
     extras: dict[str, Tensor] = field(default_factory=dict)
+    example_ids: Tensor | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -31,11 +34,13 @@ class Batch:
 
     def to(self, device) -> "Batch":
         return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.response_mask.to(device),
-                     self.num_examples, self.num_responses, {k: v.to(device) for k, v in self.extras.items()})
+                     self.num_examples, self.num_responses, {k: v.to(device) for k, v in self.extras.items()},
+                     None if self.example_ids is None else self.example_ids.to(device))
 
 
-def collate(examples: list[TokenizedExample], pad_token_id: int, pad_to_multiple_of: int = 1) -> Batch:
-    """Pad a list of tokenized examples into a Batch.
+def collate(examples: list[TokenizedExample], pad_token_id: int, pad_to_multiple_of: int = 1,
+            example_ids: list[int] | None = None) -> Batch:
+    """Pad a list of tokenized examples into a Batch (`example_ids`: their indices in the data, if known).
 
     Pointwise examples (one completion with a label) get a second response: the completion of
     the next example in the batch under this example's prompt, a mismatched pair from which
@@ -72,4 +77,5 @@ def collate(examples: list[TokenizedExample], pad_token_id: int, pad_to_multiple
         extras["scores"] = torch.tensor([ex.scores for ex in examples], dtype=torch.float32)
     for key in examples[0].extras:
         extras[key] = torch.tensor([ex.extras[key] for ex in examples])
-    return Batch(input_ids, attention_mask, response_mask, len(examples), k, extras)
+    ids = None if example_ids is None else torch.as_tensor(list(example_ids), dtype=torch.long)
+    return Batch(input_ids, attention_mask, response_mask, len(examples), k, extras, ids)

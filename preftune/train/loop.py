@@ -20,10 +20,11 @@ from tqdm.auto import tqdm
 from preftune.config import RunConfig, to_dict
 from preftune.data.collate import collate
 from preftune.data.prepare import prepare_data
-from preftune.logps import sequence_logps
+from preftune.fastpath import FastPathOptions, batch_logps, capabilities
 from preftune.methods import Objective, build_objective
 from preftune.models import (LoraSettings, Reference, add_lora, load_causal_lm, load_tokenizer,
                              make_reference)
+from preftune.reference_cache import cache_applies, prepare_reference_cache
 from preftune.train.checkpoint import load_checkpoint, resolve_resume, save_checkpoint, sigterm_as_interrupt
 from preftune.train.metrics import MetricsLogger, StepMetrics, truncate_metrics
 from preftune.train.plan import BatchPlan, batches_by_group
@@ -90,11 +91,16 @@ def train(cfg: RunConfig, resume: str | bool | None = None, data_source=None,
     if reference.frozen is not None:
         reference.frozen.to(accelerator.device)
     aux_models = load_aux_models(cfg, objective, accelerator.device)
+    # Before the reference cache: diagnostics keep their own handle on a frozen reference model.
     monitor = None
     if cfg.diagnostics.every and main:  # eval/diagnostics.py: 3D-properties, top-k indicators, KL, ...
         from preftune.eval.diagnostics import monitor_for_run
 
         monitor, monitor_reference = monitor_for_run(cfg, data, tokenizer, policy, reference, accelerator.unwrap_model)
+    fast = FastPathOptions.from_config(cfg.speed)
+    reference_cache = {}
+    if cache_applies(cfg.speed.reference_cache, objective.needs_reference, data.kind):
+        reference_cache = cache_reference_logps(cfg, reference, data, plan, tokenizer, accelerator, objective, fast)
     trainable = [p for p in policy.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     warmup = int(cfg.train.warmup_ratio * plan.total_steps)
@@ -127,10 +133,12 @@ def train(cfg: RunConfig, resume: str | bool | None = None, data_source=None,
         started = time.perf_counter()
         stats, tokens, grad_norm = StepMetrics(data.kind), 0, float("nan")
         for indices in plan.micro_batches(step, accelerator.process_index):
-            batch = collate([data.train[i] for i in indices], tokenizer.pad_token_id).to(accelerator.device)
+            batch = collate([data.train[i] for i in indices], tokenizer.pad_token_id,
+                            example_ids=indices).to(accelerator.device)
             tokens += batch.num_tokens
             with accelerator.accumulate(policy):
-                out, policy_logps = compute_objective(objective, policy, reference, batch, accelerator, aux_models)
+                out, policy_logps = compute_objective(objective, policy, reference, batch, accelerator, aux_models,
+                                                      fast)
                 accelerator.backward(out.loss.mean())
                 if accelerator.sync_gradients:
                     grad_norm = clip_gradients(accelerator, policy, cfg.train.max_grad_norm)
@@ -159,7 +167,7 @@ def train(cfg: RunConfig, resume: str | bool | None = None, data_source=None,
                     save_checkpoint(accelerator, run_dir, completed, {"metrics": last}, cfg.train.keep_checkpoints)
                 if cfg.train.eval_every and data.eval and completed % cfg.train.eval_every == 0:
                     logger.log(completed, evaluate_objective(objective, policy, reference, data, tokenizer, accelerator,
-                                                             cfg.train.batch_size, aux_models))
+                                                             cfg.train.batch_size, aux_models, fast))
                 if monitor is not None and (completed % cfg.diagnostics.every == 0 or completed == plan.total_steps):
                     logger.log(completed, monitor(accelerator.unwrap_model(policy), monitor_reference))
                 if on_step_end is not None:
@@ -180,7 +188,7 @@ def train(cfg: RunConfig, resume: str | bool | None = None, data_source=None,
 
     # --- held-out evaluation, final model and summary
     final_eval = evaluate_objective(objective, policy, reference, data, tokenizer, accelerator,
-                                    cfg.train.batch_size, aux_models) if data.eval else {}
+                                    cfg.train.batch_size, aux_models, fast) if data.eval else {}
     if final_eval:
         logger.log(plan.total_steps, final_eval)
     logger.close()
@@ -188,7 +196,8 @@ def train(cfg: RunConfig, resume: str | bool | None = None, data_source=None,
     if main:
         summary = {"objective": objective.describe(), "steps": plan.total_steps, "epochs": plan.epoch_of(plan.total_steps),
                    "global_batch": plan.global_batch, "processes": accelerator.num_processes,
-                   "reference": reference.kind, "final_train_metrics": last, "eval": final_eval,
+                   "reference": reference.kind, "reference_cache": reference_cache,
+                   "fast_paths": vars(capabilities(policy)), "final_train_metrics": last, "eval": final_eval,
                    "data": {**data.summary(), **({"task": task_stats} if task_stats else {})}, "model_dir": str(run_dir / "model"),
                    **({"diagnostics": {"every": cfg.diagnostics.every, "examples": len(monitor.examples),
                                        "examples_from": monitor.source}} if monitor is not None else {})}
@@ -232,6 +241,23 @@ def materialize_task_data(cfg: RunConfig, objective: Objective, policy, tokenize
     return str(path), stats
 
 
+def cache_reference_logps(cfg: RunConfig, reference: Reference, data, plan: BatchPlan, tokenizer, accelerator,
+                          objective: Objective, fast: FastPathOptions) -> dict:
+    """Serve the reference from a cache of its log-probs on every example the run uses (training
+    examples of the plan, then all held-out ones, numbered after the training ones), computing
+    what the cache lacks; the frozen reference model is released. Returns a summary."""
+    examples = data.train + data.eval
+    needed = plan.examples_used() + list(range(len(data.train), len(examples)))
+    cache_dir = cfg.speed.reference_cache_dir or cfg.run_dir.parent / "reference-cache"
+    table, summary = prepare_reference_cache(
+        reference, examples, needed, cache_dir=cache_dir, precision=cfg.train.precision,
+        token_level=objective.needs_token_logps, pad_token_id=tokenizer.pad_token_id,
+        batch_size=cfg.train.batch_size, logps_fn=lambda model, batch, token_level: batch_logps(model, batch, token_level, fast),
+        accelerator=accelerator, progress=accelerator.is_main_process and cfg.train.progress)
+    reference.use_cache(table)
+    return summary
+
+
 def load_aux_models(cfg: RunConfig, objective: Objective, device) -> dict:
     """Frozen auxiliary models (e.g. TGDPO's guidance model) named in cfg.aux_models.
 
@@ -250,17 +276,24 @@ def load_aux_models(cfg: RunConfig, objective: Objective, device) -> dict:
 
 
 def compute_objective(objective: Objective, policy, reference: Reference, batch, accelerator,
-                      aux_models: dict | None = None):
-    """Reference and auxiliary log-probs (no grad), policy log-probs, then the per-example losses."""
+                      aux_models: dict | None = None, fast: FastPathOptions | None = None):
+    """Reference and auxiliary log-probs (no grad), policy log-probs, then the per-example losses.
+
+    The reference comes from its cache when it has one, else from a forward. Log-probs take the
+    fast paths `fast` allows (all by default) where the model supports them (fastpath.py).
+    """
     reference_logps = None
     extras = dict(batch.extras)
+    token_level = objective.needs_token_logps
     with torch.no_grad(), accelerator.autocast():
-        if objective.needs_reference:
+        if objective.needs_reference and reference.cache is not None:
+            reference_logps = reference.cache.lookup(batch, token_level)
+        elif objective.needs_reference:
             with reference.model(accelerator.unwrap_model) as ref_model:
-                reference_logps = sequence_logps(ref_model, batch, objective.needs_token_logps)
+                reference_logps = batch_logps(ref_model, batch, token_level, fast)
         for name, model in (aux_models or {}).items():
-            extras[name] = sequence_logps(model, batch, objective.needs_token_logps)
-    policy_logps = sequence_logps(policy, batch, objective.needs_token_logps)
+            extras[name] = batch_logps(model, batch, token_level, fast)
+    policy_logps = batch_logps(policy, batch, token_level, fast)
     out = objective(policy_logps, reference_logps, extras)
     return out, policy_logps
 
@@ -274,7 +307,7 @@ def clip_gradients(accelerator, policy, max_norm: float) -> float:
 
 @torch.no_grad()
 def evaluate_objective(objective, policy, reference, data, tokenizer, accelerator, batch_size: int,
-                       aux_models: dict | None = None) -> dict:
+                       aux_models: dict | None = None, fast: FastPathOptions | None = None) -> dict:
     """Loss and metrics on the held-out examples (each process takes every W-th batch).
 
     Running states of stateful methods are read, never updated, by held-out batches.
@@ -289,8 +322,9 @@ def evaluate_objective(objective, policy, reference, data, tokenizer, accelerato
         for i in range(per_process):
             position = accelerator.process_index * per_process + i
             indices = batches[position] if position < len(batches) else batches[0]
-            batch = collate([data.eval[j] for j in indices], tokenizer.pad_token_id).to(accelerator.device)
-            out, policy_logps = compute_objective(objective, policy, reference, batch, accelerator, aux_models)
+            ids = [len(data.train) + j for j in indices]  # held-out ids follow the training ids (cache_reference_logps)
+            batch = collate([data.eval[j] for j in indices], tokenizer.pad_token_id, example_ids=ids).to(accelerator.device)
+            out, policy_logps = compute_objective(objective, policy, reference, batch, accelerator, aux_models, fast)
             stats.add(out, policy_logps, count=position < len(batches))
     policy.train()
     return {f"eval/{k}": v for k, v in stats.reduce(accelerator).items() if not math.isnan(v)}

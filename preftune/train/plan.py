@@ -68,6 +68,13 @@ class BatchPlan:
             batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
         return batches[position]
 
+    def examples_used(self) -> list[int]:
+        """Sorted indices of the examples the run's steps take, for the reference cache. From one full
+        epoch on that is all of them (including an epoch's dropped tail, which a later epoch may use)."""
+        if self.total_steps >= self.steps_per_epoch:
+            return list(range(self.num_examples))
+        return sorted({i for step in range(self.total_steps) for i in self.step_indices(step)})
+
     def micro_batches(self, step: int, rank: int) -> list[list[int]]:
         """The micro-batches process `rank` runs at `step`, in order."""
         indices = self.step_indices(step)
