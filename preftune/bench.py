@@ -32,8 +32,8 @@ from pathlib import Path
 
 import yaml
 
-from preftune.config import (ConfigError, RunConfig, apply_override, from_dict, load_config, parse_override,
-                             to_dict)
+from preftune.config import (ConfigError, RunConfig, from_dict, load_config, merge_recipe, read_recipe, to_dict,
+                             with_overrides)
 
 STARTS = ("sft", "base")
 
@@ -111,16 +111,9 @@ class BenchConfig:
 def load_bench_config(path: str | Path | None = None, overrides: list[str] | None = None) -> BenchConfig:
     """Defaults, then the YAML file, then `--key=value` overrides (e.g. --seeds=[0] --workers=1)."""
     data = to_dict(BenchConfig())
-    if path is not None:
-        loaded = yaml.safe_load(Path(path).read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: a bench config must be a YAML mapping")
-        for key, value in loaded.items():
-            data[key] = {**data[key], **value} if isinstance(data.get(key), dict) and key != "tasks" else value
-    for text in overrides or []:
-        key_path, value = parse_override(text)
-        apply_override(data, key_path, value)
-    cfg = from_dict(BenchConfig, data)
+    if path is not None:  # the recipe's task list replaces the default one
+        merge_recipe(data, read_recipe(path, "a bench config"), replaced=("tasks",))
+    cfg = with_overrides(BenchConfig, data, overrides)
     from preftune.tasks import task_names
 
     for task in cfg.tasks:

@@ -269,22 +269,43 @@ def _loss_string_to_dict(loss: str) -> dict:
     return {t.spec.name: ({"weight": t.weight} if t.weight != 1 else {}) for t in objective.terms}
 
 
+def read_recipe(path: str | Path, what: str = "a recipe") -> dict:
+    """The YAML mapping in `path`, with a clear error for a missing file or a non-mapping."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist")
+    loaded = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: {what} must be a YAML mapping")
+    return loaded
+
+
+def merge_recipe(defaults: dict, recipe: dict, replaced: tuple[str, ...] = ("loss",)) -> dict:
+    """Merge a recipe into the defaults section by section (in place). Keys in `replaced` take the
+    recipe's value whole: a recipe's loss replaces the default objective, never merges into it."""
+    for key, value in recipe.items():
+        if key in replaced or not (isinstance(value, dict) and isinstance(defaults.get(key), dict)):
+            defaults[key] = value
+        else:
+            merge_recipe(defaults[key], value, replaced)
+    return defaults
+
+
+def with_overrides(cls: type, data: dict, overrides: list[str] | None):
+    """Apply `--key=value` overrides to `data` and build the typed configuration `cls`."""
+    for text in overrides or []:
+        key_path, value = parse_override(text)
+        apply_override(data, key_path, value)
+    return from_dict(cls, data)
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
                 base: dict | None = None) -> RunConfig:
     """Read a YAML recipe (or start from `base`/defaults) and apply `--key=value` overrides."""
     data: dict = dict(base or {})
     if path is not None:
-        path = Path(path)
-        if not path.exists():
-            raise ConfigError(f"config file {path} does not exist")
-        loaded = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: a recipe must be a YAML mapping")
-        data.update(loaded)
-    for text in overrides or []:
-        key_path, value = parse_override(text)
-        apply_override(data, key_path, value)
-    return from_dict(RunConfig, data)
+        data.update(read_recipe(path))
+    return with_overrides(RunConfig, data, overrides)
 
 
 def valid_keys(cls: type = RunConfig, prefix: str = "") -> list[str]:

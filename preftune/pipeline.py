@@ -13,8 +13,8 @@ from pathlib import Path
 
 import yaml
 
-from preftune.config import (ConfigError, DataConfig, RunConfig, TaskDataConfig, TrainConfig, apply_override,
-                             from_dict, parse_override, to_dict)
+from preftune.config import (DataConfig, RunConfig, TaskDataConfig, TrainConfig, from_dict, merge_recipe,
+                             read_recipe, to_dict, with_overrides)
 from preftune.models import BUILTIN_TINY, load_causal_lm, load_tokenizer, save_tiny_model
 from preftune.tasks import get_task
 
@@ -67,22 +67,8 @@ def load_pipeline_config(path: str | Path | None = None, overrides: list[str] | 
     """Defaults, then the YAML file, then `--key=value` overrides (e.g. --preference.loss=simpo)."""
     data = to_dict(PipelineConfig())
     if path is not None:
-        loaded = yaml.safe_load(Path(path).read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: a pipeline recipe must be a YAML mapping")
-        _deep_update(data, loaded)
-    for text in overrides or []:
-        key_path, value = parse_override(text)
-        apply_override(data, key_path, value)
-    return from_dict(PipelineConfig, data)
-
-
-def _deep_update(base: dict, update: dict) -> None:
-    for key, value in update.items():
-        if key == "loss" or not (isinstance(value, dict) and isinstance(base.get(key), dict)):
-            base[key] = value  # a recipe's loss replaces the default objective, never merges into it
-        else:
-            _deep_update(base[key], value)
+        merge_recipe(data, read_recipe(path, "a pipeline recipe"))
+    return with_overrides(PipelineConfig, data, overrides)
 
 
 def stage_config(stage: RunConfig, cfg: PipelineConfig, model: str, name: str) -> RunConfig:

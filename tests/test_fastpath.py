@@ -17,7 +17,7 @@ from preftune.data.formats import pairs_to_unpaired
 from preftune.fastpath import (FastPathOptions, batch_logps, block_attention_mask, block_layout, capabilities,
                                choose_layout, plain_layout, run_model, to_logps)
 from preftune.logps import chunked_token_logps, sequence_logps, token_logps_from_logits
-from preftune.models import build_tiny_tokenizer, load_causal_lm
+from preftune.models import build_tiny_tokenizer
 
 TOLERANCE = 1e-5
 

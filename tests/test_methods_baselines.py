@@ -20,52 +20,17 @@ import math
 import pytest
 import torch
 
+from handworked import F64, call, ell, flat, pair, random_pairs, sigmoid
 from preftune.methods import build_objective, get
 from preftune.methods.state import RunningMean
 from preftune.records import Logps
 
-F64 = torch.float64
 BETA = 0.5
 R_W, R_L, H = 0.5, -0.25, 0.75
 
 
-def ell(z: float) -> float:
-    """l(z) = -log sigmoid(z) = softplus(-z)."""
-    return max(-z, 0.0) + math.log1p(math.exp(-abs(z)))
-
-
-def sigmoid(z: float) -> float:
-    return 1.0 / (1.0 + math.exp(-z))
-
-
-def pair(chosen, rejected, lengths=(1.0, 1.0), requires_grad: bool = False) -> Logps:
-    chosen = torch.as_tensor(chosen, dtype=F64).reshape(-1)
-    rejected = torch.as_tensor(rejected, dtype=F64).reshape(-1)
-    sums = torch.stack([chosen, rejected], dim=-1).requires_grad_(requires_grad)
-    return Logps(sum=sums, length=torch.tensor(lengths, dtype=F64).expand_as(sums).clone())
-
-
-def flat(logps: Logps) -> Logps:
-    """A reference with log pi_ref = 0 everywhere, so Delta_y = lp(y)."""
-    return Logps(sum=torch.zeros_like(logps.sum.detach()), length=logps.length)
-
-
 def example(requires_grad: bool = False) -> tuple[Logps, Logps]:
     return pair(-3.0, -5.0, (2.0, 4.0), requires_grad), pair(-4.0, -4.5, (2.0, 4.0))
-
-
-def random_pairs(n: int, seed: int = 0, requires_grad: bool = False) -> tuple[Logps, Logps]:
-    g = torch.Generator().manual_seed(seed)
-    length = torch.randint(1, 9, (n, 2), generator=g).to(F64)
-    policy_sum = -3.0 * length * torch.rand(n, 2, generator=g, dtype=F64)
-    reference_sum = policy_sum + torch.randn(n, 2, generator=g, dtype=F64)
-    return (Logps(sum=policy_sum.requires_grad_(requires_grad), length=length),
-            Logps(sum=reference_sum, length=length))
-
-
-def call(name: str, policy: Logps, reference: Logps | None = None, **kwargs):
-    spec = get(name)
-    return spec.fn(*((policy, reference) if spec.needs_reference else (policy,)), **kwargs)
 
 
 def exo_value(h: float, eps: float) -> float:

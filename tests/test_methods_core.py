@@ -19,10 +19,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from handworked import F64, call, ell, flat, pair, random_pairs, sigmoid
 from preftune.methods import build_objective, get
 from preftune.records import Logps
 
-F64 = torch.float64
 
 LP_W, LP_L = -3.0, -5.0
 REF_W, REF_L = -4.0, -4.5
@@ -31,50 +31,13 @@ BETA = 0.5
 H = BETA * ((LP_W - REF_W) - (LP_L - REF_L))  # 0.5 * (1 - (-0.5)) = 0.75
 
 
-def ell(z: float) -> float:
-    """offline.md §0: l(z) = -log sigmoid(z) = softplus(-z), written so it cannot overflow."""
-    return max(-z, 0.0) + math.log1p(math.exp(-abs(z)))
-
-
-def sigmoid(z: float) -> float:
-    return 1.0 / (1.0 + math.exp(-z))
-
-
 # --------------------------------------------------------------------------- record builders
-
-def pair(chosen, rejected, lengths=(1.0, 1.0), requires_grad: bool = False) -> Logps:
-    """A float64 (B, 2) pairwise record; with requires_grad the sums are autograd leaves."""
-    chosen = torch.as_tensor(chosen, dtype=F64).reshape(-1)
-    rejected = torch.as_tensor(rejected, dtype=F64).reshape(-1)
-    sums = torch.stack([chosen, rejected], dim=-1).requires_grad_(requires_grad)
-    return Logps(sum=sums, length=torch.tensor(lengths, dtype=F64).expand_as(sums).clone())
-
-
-def flat(logps: Logps) -> Logps:
-    """A reference with log pi_ref = 0 everywhere, so Delta_y = lp(y)."""
-    return Logps(sum=torch.zeros_like(logps.sum.detach()), length=logps.length)
 
 
 def example(requires_grad: bool = False) -> tuple[Logps, Logps]:
     """The worked example of the module docstring, as (policy, reference)."""
     return (pair(LP_W, LP_L, (LEN_W, LEN_L), requires_grad),
             pair(REF_W, REF_L, (LEN_W, LEN_L)))
-
-
-def random_pairs(n: int, seed: int = 0, requires_grad: bool = False) -> tuple[Logps, Logps]:
-    """n pairs with lengths 1..8, mean token log-probs in (-3, 0) and reference sums nearby."""
-    g = torch.Generator().manual_seed(seed)
-    length = torch.randint(1, 9, (n, 2), generator=g).to(F64)
-    policy_sum = -3.0 * length * torch.rand(n, 2, generator=g, dtype=F64)
-    reference_sum = policy_sum + torch.randn(n, 2, generator=g, dtype=F64)
-    return (Logps(sum=policy_sum.requires_grad_(requires_grad), length=length),
-            Logps(sum=reference_sum, length=length))
-
-
-def call(name: str, policy: Logps, reference: Logps | None = None, **kwargs):
-    """Call a registered method, passing the reference only if the registry says it takes one."""
-    spec = get(name)
-    return spec.fn(*((policy, reference) if spec.needs_reference else (policy,)), **kwargs)
 
 
 # --------------------------------------------------------------------------- hand-worked values

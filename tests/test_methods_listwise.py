@@ -14,18 +14,9 @@ import math
 import pytest
 import torch
 
+from handworked import F64, ell, sigmoid
 from preftune.methods import get
 from preftune.records import Logps
-
-F64 = torch.float64
-
-
-def ell(z: float) -> float:
-    return max(-z, 0.0) + math.log1p(math.exp(-abs(z)))
-
-
-def sigmoid(z: float) -> float:
-    return 1.0 / (1.0 + math.exp(-z))
 
 
 def softmax(xs):

@@ -17,22 +17,13 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
+from handworked import F64, ell, sigmoid
 from preftune.methods import build_objective, get
 from preftune.methods.beta_dpo import MarginStatistics
 from preftune.records import Logps
 from preftune.tabular.expected import single_threaded
 
-F64 = torch.float64
 LP_W, LP_L, REF_W, REF_L, LEN_W, LEN_L = -3.0, -5.0, -4.0, -4.5, 2.0, 4.0
-
-
-def ell(z: float) -> float:
-    """l(z) = -log sigmoid(z) = softplus(-z)."""
-    return max(-z, 0.0) + math.log1p(math.exp(-abs(z)))
-
-
-def sigmoid(z: float) -> float:
-    return 1.0 / (1.0 + math.exp(-z))
 
 
 def records(policy_sums, reference_sums=None, lengths=None, requires_grad=False) -> tuple[Logps, Logps]:

@@ -2,26 +2,16 @@
 prefix-tree toy LM with its soft Bellman values, and likelihood beam search."""
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch
 
+from handworked import F64, ell, sigmoid
 from preftune.eval.search import beam_search, beam_search_core
 from preftune.methods import get
 from preftune.records import Logps
 from preftune.tabular.token_tree import TokenTree
 from preftune.tabular.tokens import EOS, TokenLM
-
-F64 = torch.float64
-
-
-def ell(z: float) -> float:
-    return max(-z, 0.0) + math.log1p(math.exp(-abs(z)))
-
-
-def sigmoid(z: float) -> float:
-    return 1.0 / (1.0 + math.exp(-z))
 
 
 def token_record(chosen, rejected, requires_grad=False) -> Logps:

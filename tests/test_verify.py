@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from mutation import mutation_test
 import preftune.methods  # noqa: F401  (registers the methods)
 from preftune.methods import CheckResult, all_methods, get, register, registry, tabular_check
 from preftune.methods.cdpo import cdpo
@@ -208,12 +209,7 @@ MUTANTS = [
 ]
 
 
-@pytest.mark.parametrize("method, broken, failing_property", MUTANTS,
-                         ids=[f"{m}-{fn.__name__}-{p.split()[0]}" for m, fn, p in MUTANTS])
-def test_check_fails_on_a_broken_copy_of_the_loss(method, broken, failing_property):
-    results = get(method).check(fn=broken)
-    failed = [r.property for r in results if not r.passed]
-    assert any(failing_property in prop for prop in failed), f"{broken.__name__} passed: {results}"
+test_check_fails_on_a_broken_copy_of_the_loss = mutation_test(MUTANTS, with_property_in_id=True)
 
 
 def test_ipo_mutation_is_caught_only_where_lengths_matter():

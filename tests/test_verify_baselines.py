@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import math
 
-import pytest
 import torch
 import torch.nn.functional as F
 
+from mutation import mutation_test
 import preftune.methods  # noqa: F401  (registers the methods)
 from preftune.methods import get
 from preftune.methods.anchored_po import apo_zero
@@ -168,12 +168,7 @@ MUTANTS = [
 ]
 
 
-@pytest.mark.parametrize("method, broken, failing_property", MUTANTS,
-                         ids=[f"{m}-{fn.__name__}" for m, fn, _ in MUTANTS])
-def test_check_fails_on_a_broken_copy_of_the_loss(method, broken, failing_property):
-    results = get(method).check(fn=broken)
-    failed = [r.property for r in results if not r.passed]
-    assert any(failing_property in prop for prop in failed), f"{broken.__name__} passed: {results}"
+test_check_fails_on_a_broken_copy_of_the_loss = mutation_test(MUTANTS)
 
 
 def test_rpo_nll_mutant_is_caught_only_where_the_nll_acts():

@@ -11,6 +11,7 @@ from dataclasses import replace
 import pytest
 import torch
 
+from mutation import mutation_test
 from preftune.methods import get
 from preftune.methods.adpo import adpo, adpo_listwise
 from preftune.methods.brain import brain
@@ -135,12 +136,7 @@ MUTANTS = [
 ]
 
 
-@pytest.mark.parametrize("method, broken, failing_property", MUTANTS,
-                         ids=[f"{m}-{fn.__name__}" for m, fn, _ in MUTANTS])
-def test_check_fails_on_a_broken_copy_of_the_loss(method, broken, failing_property):
-    results = get(method).check(fn=broken)
-    failed = [r.property for r in results if not r.passed]
-    assert any(failing_property in prop for prop in failed), f"{broken.__name__} passed: {results}"
+test_check_fails_on_a_broken_copy_of_the_loss = mutation_test(MUTANTS)
 
 
 @pytest.mark.parametrize("method", ["curry_dpo", "adpo", "adpo_listwise", "brain", "dpo_token_credit"])

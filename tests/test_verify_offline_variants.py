@@ -14,12 +14,12 @@ from dataclasses import replace
 import pytest
 import torch
 
+from mutation import mutation_test
 from preftune.methods import get
 from preftune.methods.asft import asft
 from preftune.methods.beta_dpo import MarginStatistics, beta_dpo
 from preftune.methods.dpo import dpo
 from preftune.methods.fdpo import fdpo
-from preftune.methods.ld_dpo import ld_dpo
 from preftune.methods.madpo import DEFAULT_TAU, madpo
 from preftune.methods.modpo import modpo
 from preftune.methods.three_d_properties import flex_dpo, sft_dpo
@@ -236,12 +236,7 @@ MUTANTS = [
 ]
 
 
-@pytest.mark.parametrize("method, broken, failing_property", MUTANTS,
-                         ids=[f"{m}-{fn.__name__}" for m, fn, _ in MUTANTS])
-def test_check_fails_on_a_broken_copy_of_the_loss(method, broken, failing_property):
-    results = get(method).check(fn=broken)
-    failed = [r.property for r in results if not r.passed]
-    assert any(failing_property in prop for prop in failed), f"{broken.__name__} passed: {results}"
+test_check_fails_on_a_broken_copy_of_the_loss = mutation_test(MUTANTS)
 
 
 @pytest.mark.parametrize("method", METHODS)

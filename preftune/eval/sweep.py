@@ -82,7 +82,7 @@ def run_sweep(bench_cfg, task: str, *, loss: str = "dpo", parameter: str = "beta
     """Train `loss` at each `parameter` value from the task's SFT model and fit the curve; writes
     sweep.json and sweep.png to the bench config's run directory."""
     from preftune.bench import preference_rows, prepare_assets
-    from preftune.config import RunConfig, from_dict, to_dict
+    from preftune.config import RunConfig, from_dict
     from preftune.train.loop import train
 
     run_dir = bench_cfg.run_dir

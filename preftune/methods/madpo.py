@@ -79,7 +79,7 @@ def madpo_tabular_check(fn=madpo):
     order has m <= -tau, weight 1). c is written here from the paper's formula. (2) c_max = c_min = 1:
     DPO's Bradley-Terry optimum beta (Delta_i - Delta_j) = r_i - r_j, with the RM scores as data extras."""
     from preftune.tabular.checks import (DEFAULT_REWARDS, PAIR_REF, compare, method_loss, optimum_matches_reward,
-                                         pair_log_ratio_margin, pair_optimum, with_response_extras)
+                                         pair_log_ratio_margin, with_response_extras)
     from preftune.tabular.bandit import Bandit
     from preftune.tabular.expected import optimise_policy, single_pair_dataset
 

@@ -10,10 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Union
 
-import yaml
 
-from preftune.config import (ConfigError, ModelConfig, TrainConfig, apply_override, from_dict, parse_override,
-                             to_dict)
+from preftune.config import (ModelConfig, TrainConfig, merge_recipe, read_recipe, to_dict,
+                             with_overrides)
 
 
 @dataclass
@@ -113,23 +112,6 @@ class OnlineConfig:
 def load_online_config(path: str | Path | None = None, overrides: list[str] | None = None) -> OnlineConfig:
     """Defaults, then the YAML recipe, then `--key=value` overrides. `train` keys are per iteration."""
     data = to_dict(OnlineConfig())
-    if path is not None:
-        path = Path(path)
-        if not path.exists():
-            raise ConfigError(f"config file {path} does not exist")
-        loaded = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: an online recipe must be a YAML mapping")
-        _merge(data, loaded)
-    for text in overrides or []:
-        key_path, value = parse_override(text)
-        apply_override(data, key_path, value)
-    return from_dict(OnlineConfig, data)
-
-
-def _merge(base: dict, update: dict) -> None:
-    for key, value in update.items():
-        if key in ("loss", "options", "task_options") or not (isinstance(value, dict) and isinstance(base.get(key), dict)):
-            base[key] = value  # a recipe's loss and free-form options replace the defaults, never merge
-        else:
-            _merge(base[key], value)
+    if path is not None:  # a recipe's loss and free-form options replace the defaults, never merge
+        merge_recipe(data, read_recipe(path, "an online recipe"), replaced=("loss", "options", "task_options"))
+    return with_overrides(OnlineConfig, data, overrides)
