@@ -108,3 +108,32 @@ def test_a_broken_image_is_reported_by_the_page(tmp_path):
 def test_report_on_a_directory_without_a_run_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="holds no preftune run"):
         build_report(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def online_run(tmp_path_factory):
+    """Two SPPO iterations of the untrained tiny model on the intransitive task."""
+    from preftune.train.online import run_online
+    from preftune.train.online_config import load_online_config
+
+    tmp = tmp_path_factory.mktemp("online-report")
+    recipe = Path(__file__).resolve().parents[1] / "configs" / "online" / "sppo.yaml"
+    cfg = load_online_config(recipe, [f"--output_dir={tmp}/{{name}}", "--warm_start.enabled=false", "--iterations=2",
+                                      "--prompts_per_iteration=4", "--sampler.max_new_tokens=4",
+                                      "--sampler.batch_size=16", "--train.steps=2", "--train.batch_size=4",
+                                      "--train.progress=false", "--eval.prompts=2", "--eval.samples_per_prompt=2",
+                                      "--judge.labels=bernoulli"])
+    return run_online(cfg)
+
+
+@pytest.mark.slow
+@needs_chromium
+def test_online_report_shows_the_duality_gap_per_iteration(online_run, tmp_path):
+    dom = render(build_report(online_run, tmp_path / "online.html"), tmp_path / "profile")
+    loaded, total = loaded_images(dom)
+    assert total == 1 and loaded == 1  # the duality-gap / win-rate curve
+    rows = json.loads((online_run / "online_summary.json").read_text())["iterations"]
+    assert [r["iteration"] for r in rows] == [0, 1, 2]
+    assert "duality gap" in dom
+    for row in rows:  # every iteration's gap is a cell of the table
+        assert f"{row['duality_gap']:.4g}" in dom

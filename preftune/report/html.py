@@ -177,6 +177,21 @@ def _bench_section(page: Page, run_dir: Path, plots: Path) -> None:
         page.image(path, f"gold reward per method (mean ± std over seeds), {path.stem.split('_')[-1]} start")
 
 
+def _online_section(page: Page, run_dir: Path, plots: Path) -> None:
+    """An online run (preftune online): the duality-gap / win-rate curve and one row per iteration."""
+    from preftune.report.online_plots import plot_online_curve
+
+    summary = json.loads((run_dir / "online_summary.json").read_text())
+    rows = summary.get("iterations", [])
+    page.heading(f"Online: {summary.get('method', run_dir.name)} on {summary.get('task', '')}")
+    page.image(plot_online_curve(summary, plots / "online_curve.png"),
+               "duality gap and win-rate against the initial policy, per iteration (0: the initial policy)")
+    columns = [k for k in dict.fromkeys(k for r in rows for k in r)
+               if k != "iteration" and all(isinstance(r.get(k, 0.0), (int, float)) for r in rows)]
+    page.table(["iteration", *(c.replace("_", " ") for c in columns)],
+               [[r.get("iteration"), *(r.get(c) for c in columns)] for r in rows], "per iteration (online_summary.json)")
+
+
 def _sweep_section(page: Page, sweep_json: Path, plots: Path) -> None:
     from preftune.eval.sweep import format_sweep
     from preftune.report.measure_plots import plot_sweep
@@ -218,6 +233,9 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     elif (run_dir / "train_summary.json").exists() or (run_dir / "metrics.jsonl").exists():
         _training_section(page, run_dir, plots)
         found = True
+    if (run_dir / "online_summary.json").exists():
+        _online_section(page, run_dir, plots)
+        found = True
     if (run_dir / "results.json").exists():
         _bench_section(page, run_dir, plots)
         found = True
@@ -230,7 +248,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         found = True
     if not found:
         raise FileNotFoundError(f"{run_dir} holds no preftune run (no train_summary.json, metrics.jsonl, summary.json, "
-                                f"results.json, sweep.json or probe.json)")
+                                f"online_summary.json, results.json, sweep.json or probe.json)")
     path = Path(out) if out else run_dir / "report.html"
     path.write_text(page.render())
     return path
