@@ -257,11 +257,11 @@ def cmd_methods(args, _) -> int:
     if args.json:  # methods ("kind": "method"), then the analysis tools ("kind": "tool", analysis_tools.py)
         print(json.dumps([{"kind": "method", **s.as_dict()} for s in specs] + [t.as_dict() for t in tools], indent=1))
         return 0
-    header = f"{'name':<14}{'seed':<16}{'family':<24}{'reference':<11}{'input':<11}{'status':<14}taxonomy"
-    print(header)
+    width = max(len(s.name) for s in specs) + 2  # the longest name still leaves a gap
+    print(f"{'name':<{width}}{'seed':<16}{'family':<24}{'reference':<11}{'input':<11}{'status':<14}taxonomy")
     for s in specs:
         tags = "; ".join(",".join(v) for v in s.taxonomy.values() if v)
-        print(f"{s.name:<14}{(s.seed or '-'):<16}{s.family:<24}{('yes' if s.needs_reference else 'no'):<11}"
+        print(f"{s.name:<{width}}{(s.seed or '-'):<16}{s.family:<24}{('yes' if s.needs_reference else 'no'):<11}"
               f"{s.input_kind:<11}{s.status:<14}{tags}")
     print(f"\n{len(specs)} methods; `preftune methods --json` gives hyperparameters, papers and checks")
     print(f"\n{'analysis tool':<28}{'seed':<22}command")

@@ -59,6 +59,11 @@ def test_methods_table_shows_seed_and_status(capsys):
     lines = capsys.readouterr().out.splitlines()
     simpo = next(line for line in lines if line.startswith("simpo "))
     assert "simpo" in simpo.split()[1] and "stable" in simpo
+    from preftune.methods import all_methods
+
+    for spec in all_methods():  # every name, however long, stands apart from its seed column
+        row = next(line for line in lines if line.startswith(spec.name + " "))
+        assert row.split()[:2] == [spec.name, spec.seed or "-"]
 
 
 @pytest.mark.parametrize("argv, message", [
