@@ -314,9 +314,9 @@ def cell_run_config(cfg: BenchConfig, cell: dict, assets: dict):
     start_model = assets["sft_model"] if cell["start"] == "sft" else assets["base_model"]
     data = to_dict(recipe)
     data["name"] = cell["method"]
-    data["output_dir"] = str(cfg.run_dir / "runs" / cell["task"] / cell["start"] / f"seed{cell['seed']}" / "{name}")
+    data["output_dir"] = str(cell_run_dir(cfg, {**cell, "method": "{name}"}))
     data["model"]["name_or_path"] = start_model
-    data["aux_models"] = {name: start_model for name in data["aux_models"]}  # e.g. a guidance model
+    data["aux_models"] = {name: str(guidance_model(cfg, cell, start_model)) for name in data["aux_models"]}
     data["data"].update(source=f"task:{cell['task']}", max_length=settings.max_length,
                         max_prompt_length=settings.max_prompt_length, eval_source=None, eval_fraction=0.0, limit=None)
     data["data"]["task"].update(options=settings.options, labeller=settings.labeller)
@@ -328,11 +328,35 @@ def cell_run_config(cfg: BenchConfig, cell: dict, assets: dict):
     return from_dict(RunConfig, data)
 
 
+# An auxiliary model (TGDPO's guidance) is, as in the TGDPO paper and configs/methods/tgdpo.yaml, a
+# DPO-trained model: the bench's own `dpo` run of the same task, start and seed. Methods that need
+# one therefore run after the others, and the `dpo` runs keep their models.
+GUIDANCE_METHOD = "dpo"
+
+
+def guidance_model(cfg: BenchConfig, cell: dict, start_model: str) -> str:
+    """The model an auxiliary-model method reads: the same (task, start, seed)'s dpo run, or, when
+    the bench runs no dpo, the starting model (which makes TGDPO train as DPO; the table says so)."""
+    dpo_cell = {**cell, "method": GUIDANCE_METHOD}
+    model = cell_run_dir(cfg, dpo_cell) / "model"
+    return str(model) if (model / "config.json").exists() else start_model
+
+
+def cell_run_dir(cfg: BenchConfig, cell: dict) -> Path:
+    return cfg.run_dir / "runs" / cell["task"] / cell["start"] / f"seed{cell['seed']}" / cell["method"]
+
+
+def needs_aux_models(recipe: str) -> bool:
+    return bool(load_config(recipe).aux_models)
+
+
 def rows_pairing(run_cfg) -> str:
-    """Which rows a recipe trains on: scored lists for listwise objectives, else its pairing."""
+    """Which rows a recipe trains on: scored lists for listwise objectives and for curricula (which
+    cut ranked lists into pairs themselves), else its pairing."""
     from preftune.methods import build_objective
 
-    if build_objective(run_cfg.loss).input_kind == "listwise" or run_cfg.data.kind == "listwise":
+    if (build_objective(run_cfg.loss).input_kind == "listwise" or run_cfg.data.kind == "listwise"
+            or run_cfg.curriculum.pairs):
         return "listwise"
     return run_cfg.data.task.pairing
 
@@ -375,7 +399,8 @@ def run_cell(cfg_dict: dict, cell: dict) -> dict:
                       train_seconds=round(train_seconds, 2), cpu_seconds=round(time.process_time() - cpu_started, 2),
                       final_train_metrics={k: v for k, v in summary["final_train_metrics"].items()
                                            if k in ("loss", "accuracy", "margin")})
-        if not cfg.keep_models:
+        result["aux_models"] = {k: str(v) for k, v in run_cfg.aux_models.items()}
+        if not cfg.keep_models and cell["method"] != GUIDANCE_METHOD:
             shutil.rmtree(run_dir / "model", ignore_errors=True)
     except Exception as error:  # a method that cannot run here is a row of the table, not a crash
         result.update(status="error", error=f"{type(error).__name__}: {error}",
@@ -468,7 +493,11 @@ def run_bench(cfg: BenchConfig, command: str, progress: bool = True, log=print) 
               "loss": entry.loss} for task in cfg.tasks for start in cfg.starts for entry in entries for seed in cfg.seeds]
     log(f"[2/3] {len(cells)} preference runs: {len(entries)} methods x {len(cfg.tasks)} tasks x "
         f"{len(cfg.starts)} starting points x {len(cfg.seeds)} seeds, {cfg.workers} workers")
-    results = _run_jobs(cfg, run_cell, [(c,) for c in cells], "methods", progress, lambda job: cell_id(job[0]))
+    # Methods with an auxiliary (guidance) model run second: it is the dpo run of their cell.
+    guided = {e.name for e in entries if needs_aux_models(e.recipe)}
+    waves = [[c for c in cells if c["method"] not in guided], [c for c in cells if c["method"] in guided]]
+    results = [r for wave in waves if wave
+               for r in _run_jobs(cfg, run_cell, [(c,) for c in wave], "methods", progress, lambda job: cell_id(job[0]))]
     log("[3/3] aggregating")
     wall = time.perf_counter() - started
     report = aggregate(cfg, entries, assets, results, command, wall)
@@ -574,6 +603,16 @@ def format_markdown(report: dict) -> str:
     if templated:
         lines += [f"Methods without a recipe of their own run on the settings of configs/methods/dpo.yaml with "
                   f"their default hyperparameters: {', '.join(templated)}.", ""]
+    guided = sorted({c["method"] for c in report.get("cells", []) if c.get("aux_models")})
+    if guided:
+        lines += [f"Auxiliary models ({', '.join(guided)}): the `{GUIDANCE_METHOD}` run of the same task, start and "
+                  f"seed, as in TGDPO's setup (where the bench runs no `{GUIDANCE_METHOD}`, the starting model, which "
+                  f"makes TGDPO train as DPO).", ""]
+    curricula = [name for name, recipe in report.get("recipes", {}).items()
+                 if "default hyperparameters" not in recipe and load_config(recipe.split(" with loss")[0]).curriculum.pairs]
+    if curricula:
+        lines += [f"Curricula ({', '.join(curricula)}) train on the same scored lists as the listwise methods, cut into "
+                  f"pairs, for the preference budget per stage (the stages refresh the reference).", ""]
     axes = ("data_strategy", "learning_framework", "constraint_mechanism", "model_property")
     titles = {"sft": "Gold reward, preference training after SFT",
               "base": "Gold reward, preference training from the base model (no SFT stage)"}

@@ -12,6 +12,8 @@ import pytest
 from preftune.bench import bench_entries, load_bench_config, run_bench
 from preftune.config import ConfigError
 
+RECIPES = Path(__file__).resolve().parents[1] / "configs" / "methods"
+
 ROOT = Path(__file__).resolve().parents[1]
 AXES = ["data strategy", "learning framework", "constraint mechanism", "model property"]
 
@@ -144,3 +146,32 @@ def test_sweep_on_the_benchs_shared_assets_fits_and_plots(smoke_bench):
     assert Path(report["plot"]).stat().st_size > 1000
     assert json.loads((cfg.run_dir / "sweep" / "sweep.json").read_text())["fit"] == report["fit"]
     assert "fit R(d) = d(alpha - beta log d)" in format_sweep(report)
+
+
+def test_tgdpo_is_guided_by_the_dpo_run_of_its_own_cell_and_runs_after_it(tmp_path):
+    from preftune.bench import cell_run_config, guidance_model, needs_aux_models
+
+    cfg = load_bench_config(None, [f"--output_dir={tmp_path}/{{name}}"])
+    cell = {"task": "arithmetic", "start": "sft", "method": "tgdpo", "seed": 1,
+            "recipe": str(RECIPES / "tgdpo.yaml"), "loss": None}
+    assets = {"sft_model": "SFT", "base_model": "BASE"}
+    assert needs_aux_models(str(RECIPES / "tgdpo.yaml")) and not needs_aux_models(str(RECIPES / "dpo.yaml"))
+    # Without a dpo run the guidance falls back to the starting model (TGDPO then trains as DPO) ...
+    assert guidance_model(cfg, cell, "SFT") == "SFT"
+    assert cell_run_config(cfg, cell, assets).aux_models == {"guidance": "SFT"}
+    # ... and with one, it is that run's model: same task, start and seed, never another cell's.
+    dpo_model = cfg.run_dir / "runs" / "arithmetic" / "sft" / "seed1" / "dpo" / "model"
+    dpo_model.mkdir(parents=True)
+    (dpo_model / "config.json").write_text("{}")
+    assert cell_run_config(cfg, cell, assets).aux_models == {"guidance": str(dpo_model)}
+    assert guidance_model(cfg, {**cell, "seed": 0}, "SFT") == "SFT"
+    assert guidance_model(cfg, {**cell, "start": "base"}, "BASE") == "BASE"
+
+
+def test_curricula_and_listwise_objectives_train_on_scored_lists():
+    from preftune.bench import rows_pairing
+    from preftune.config import load_config
+
+    assert rows_pairing(load_config(str(RECIPES / "curry_dpo.yaml"))) == "listwise"
+    assert rows_pairing(load_config(str(RECIPES / "adpo_listwise.yaml"))) == "listwise"
+    assert rows_pairing(load_config(str(RECIPES / "dpo.yaml"))) == load_config(str(RECIPES / "dpo.yaml")).data.task.pairing
