@@ -658,7 +658,7 @@ def format_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-README_INTRO = """# Benchmarks
+README_INTRO = """## preftune bench: every offline method on the built-in tasks
 
 `preftune bench` trains every offline method recipe of `configs/methods/` on every built-in task,
 for several seeds, both after an SFT stage and directly from the base model (the protocol of
@@ -671,13 +671,22 @@ a few dozen steps: the table compares methods under one small, fixed budget on s
 known gold rewards. It says nothing about how the methods rank on large models, and small
 differences are within the seed-to-seed spread shown after each ±.
 
-Regenerate this file with the command below followed by `--readme benchmarks/README.md`.
+Regenerate this section with the command below followed by `--readme benchmarks/README.md`.
 """
+README_START, README_END = "<!-- bench-table:start -->", "<!-- bench-table:end -->"
 
 
 def write_readme(report: dict, path: str | Path) -> Path:
-    """benchmarks/README.md: a fixed introduction, then the table of `report`."""
+    """Write the bench section of a Markdown file (benchmarks/README.md): replace what stands between
+    its markers, or append the section to a file without them; the rest of the file is kept."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(README_INTRO + "\n" + format_markdown(report) + "\n")
+    block = f"{README_START}\n{README_INTRO}\n{format_markdown(report)}\n{README_END}"
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    if README_START in text and README_END in text:
+        before, rest = text.split(README_START, 1)
+        text = before + block + rest.split(README_END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    path.write_text(text)
     return path

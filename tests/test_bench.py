@@ -175,3 +175,19 @@ def test_curricula_and_listwise_objectives_train_on_scored_lists():
     assert rows_pairing(load_config(str(RECIPES / "curry_dpo.yaml"))) == "listwise"
     assert rows_pairing(load_config(str(RECIPES / "adpo_listwise.yaml"))) == "listwise"
     assert rows_pairing(load_config(str(RECIPES / "dpo.yaml"))) == load_config(str(RECIPES / "dpo.yaml")).data.task.pairing
+
+
+def test_the_readme_section_replaces_only_itself(smoke_bench, tmp_path):
+    from preftune.bench import write_readme
+
+    cfg, report = smoke_bench
+    path = tmp_path / "README.md"
+    path.write_text("# Benchmarks\n\n## speed.py\n\nthe speed table\n")
+    write_readme(report, path)
+    first = path.read_text()
+    assert first.startswith("# Benchmarks\n\n## speed.py\n\nthe speed table\n") and "preftune bench --smoke" in first
+    path.write_text(first + "\n## after\n\nkept too\n")
+    write_readme(report, path)  # a second write replaces the section, keeps what surrounds it
+    second = path.read_text()
+    assert second.count("<!-- bench-table:start -->") == 1 and second.endswith("## after\n\nkept too\n")
+    assert "the speed table" in second
