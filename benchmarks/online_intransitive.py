@@ -74,16 +74,20 @@ def plot(results: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    for r in results:
+    colours = plt.get_cmap("tab20").colors  # more recipes than tab10 has colours: no two lines alike
+    for i, r in enumerate(results):
         if r["summary"] is None:
             continue
         rows = r["summary"]["iterations"]
+        style = {"color": colours[(2 * i) % 20 + (2 * i) // 20], "linestyle": "--" if "domains" in r["method"] else "-"}
         for ax, key in zip(axes, ("duality_gap", "win_rate_vs_initial")):
-            ax.plot([row["iteration"] for row in rows], [row[key] for row in rows], marker="o", label=r["method"])
+            ax.plot([row["iteration"] for row in rows], [row[key] for row in rows], marker="o", label=r["method"],
+                    **style)
     axes[0].set_title("duality gap of the exact style distribution")
     axes[1].set_title("exact win-rate against the initial policy")
     for ax in axes:
         ax.set_xlabel("iteration")
+        ax.xaxis.get_major_locator().set_params(integer=True)
     axes[1].legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
