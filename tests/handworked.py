@@ -52,3 +52,12 @@ def call(name: str, policy: Logps, reference: Logps | None = None, **kwargs):
 
     spec = get(name)
     return spec.fn(*((policy, reference) if spec.needs_reference else (policy,)), **kwargs)
+
+
+def assert_same_loss_and_gradient(got, want, got_leaf: Logps, want_leaf: Logps, atol: float = 1e-12) -> None:
+    """A reduction holds for the values and for the gradients reaching the policy's log-probs:
+    `got` and `want` are per-example losses computed from twin leaves `got_leaf` and `want_leaf`."""
+    torch.testing.assert_close(got, want, rtol=0, atol=atol)
+    got.sum().backward()
+    want.sum().backward()
+    torch.testing.assert_close(got_leaf.sum.grad, want_leaf.sum.grad, rtol=0, atol=atol)

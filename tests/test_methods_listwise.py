@@ -14,7 +14,7 @@ import math
 import pytest
 import torch
 
-from handworked import F64, ell, sigmoid
+from handworked import F64, assert_same_loss_and_gradient, ell, sigmoid
 from preftune.methods import get
 from preftune.records import Logps
 
@@ -109,10 +109,7 @@ def test_adpo_hard_label_with_tau_one_over_beta_is_dpo(beta):
     other = twin(policy)
     got = get("adpo").fn(policy, reference, tau=1 / beta, q=1.0).loss
     want = get("dpo").fn(other, reference, beta=beta).loss
-    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
-    got.sum().backward()
-    want.sum().backward()
-    torch.testing.assert_close(policy.sum.grad, other.sum.grad, rtol=0, atol=1e-12)
+    assert_same_loss_and_gradient(got, want, policy, other)
 
 
 @pytest.mark.method("adpo", "reduction")
@@ -341,10 +338,7 @@ def test_brain_two_samples_argmax_with_the_reference_as_proposal_is_dpo(beta):
     got = get("brain").fn(policy, reference, scores=scores, proposal_logps=reference, posterior="argmax",
                           beta=beta).loss
     want = get("dpo").fn(other, reference, beta=beta).loss
-    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
-    got.sum().backward()
-    want.sum().backward()
-    torch.testing.assert_close(policy.sum.grad, other.sum.grad, rtol=0, atol=1e-12)
+    assert_same_loss_and_gradient(got, want, policy, other)
 
 
 @pytest.mark.method("brain", "reduction")
