@@ -316,7 +316,7 @@ def cell_run_config(cfg: BenchConfig, cell: dict, assets: dict):
     data["name"] = cell["method"]
     data["output_dir"] = str(cell_run_dir(cfg, {**cell, "method": "{name}"}))
     data["model"]["name_or_path"] = start_model
-    data["aux_models"] = {name: str(guidance_model(cfg, cell, start_model)) for name in data["aux_models"]}
+    data["aux_models"] = {name: aux_model(cfg, cell, name, assets) for name in data["aux_models"]}
     data["data"].update(source=f"task:{cell['task']}", max_length=settings.max_length,
                         max_prompt_length=settings.max_prompt_length, eval_source=None, eval_fraction=0.0, limit=None)
     data["data"]["task"].update(options=settings.options, labeller=settings.labeller)
@@ -328,10 +328,20 @@ def cell_run_config(cfg: BenchConfig, cell: dict, assets: dict):
     return from_dict(RunConfig, data)
 
 
-# An auxiliary model (TGDPO's guidance) is, as in the TGDPO paper and configs/methods/tgdpo.yaml, a
-# DPO-trained model: the bench's own `dpo` run of the same task, start and seed. Methods that need
-# one therefore run after the others, and the `dpo` runs keep their models.
+# Auxiliary models by role. TGDPO's `guidance` is, as in its paper and configs/methods/tgdpo.yaml, a
+# DPO-trained model: the bench's own `dpo` run of the same task, start and seed, so guided methods
+# run after the others and the `dpo` runs keep their models. Any other auxiliary model (BRAIn's
+# `proposal_logps`) is the model that sampled the responses: the SFT model, for both starts.
 GUIDANCE_METHOD = "dpo"
+GUIDED_BY_DPO = ("guidance",)
+
+
+def aux_model(cfg: BenchConfig, cell: dict, name: str, assets: dict) -> str:
+    """The model behind auxiliary model `name` of a cell (see GUIDED_BY_DPO)."""
+    if name in GUIDED_BY_DPO:
+        start_model = assets["sft_model"] if cell["start"] == "sft" else assets["base_model"]
+        return guidance_model(cfg, cell, start_model)
+    return str(assets["sft_model"])
 
 
 def guidance_model(cfg: BenchConfig, cell: dict, start_model: str) -> str:
@@ -346,8 +356,8 @@ def cell_run_dir(cfg: BenchConfig, cell: dict) -> Path:
     return cfg.run_dir / "runs" / cell["task"] / cell["start"] / f"seed{cell['seed']}" / cell["method"]
 
 
-def needs_aux_models(recipe: str) -> bool:
-    return bool(load_config(recipe).aux_models)
+def needs_dpo_guidance(recipe: str) -> bool:
+    return any(name in GUIDED_BY_DPO for name in load_config(recipe).aux_models)
 
 
 def rows_pairing(run_cfg) -> str:
@@ -453,16 +463,38 @@ def _run_jobs(cfg: BenchConfig, fn, jobs: list[tuple], desc: str, progress: bool
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
+        from preftune.train.checkpoint import sigterm_as_interrupt
+
         context = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch thread pools
-        with ProcessPoolExecutor(cfg.workers, mp_context=context, initializer=_worker_init,
-                                 initargs=(cfg.threads_per_worker,)) as pool:
+        with sigterm_as_interrupt(), ProcessPoolExecutor(cfg.workers, mp_context=context, initializer=_worker_init,
+                                                         initargs=(cfg.threads_per_worker,)) as pool:
             futures = {pool.submit(fn, cfg_dict, *job): job for job in jobs}
-            for future in as_completed(futures):
-                results.append(future.result())
-                bar.update(1)
-                bar.set_postfix_str(describe(futures[future]))
+            try:
+                for future in as_completed(futures):
+                    results.append(future.result())
+                    bar.update(1)
+                    bar.set_postfix_str(describe(futures[future]))
+            except KeyboardInterrupt:
+                # Ctrl-C or SIGTERM: stop the workers too (a killed parent would leave them running).
+                # Finished cells are on disk, so the same command resumes where this one stopped.
+                for process in list(getattr(pool, "_processes", {}).values()):
+                    process.terminate()
+                pool.shutdown(wait=False, cancel_futures=True)
+                bar.close()
+                raise
     bar.close()
     return results
+
+
+def previous_invocations(run_dir: Path) -> list[dict]:
+    """Earlier invocations of a bench in run_dir (a run that wrote results.json before invocations
+    were recorded counts as one)."""
+    if (run_dir / "invocations.json").exists():
+        return json.loads((run_dir / "invocations.json").read_text())
+    if (run_dir / "results.json").exists():
+        earlier = json.loads((run_dir / "results.json").read_text())
+        return [{"command": earlier["command"], "wall_seconds": earlier["wall_seconds"]}]
+    return []
 
 
 def run_bench(cfg: BenchConfig, command: str, progress: bool = True, log=print) -> dict:
@@ -494,13 +526,18 @@ def run_bench(cfg: BenchConfig, command: str, progress: bool = True, log=print) 
     log(f"[2/3] {len(cells)} preference runs: {len(entries)} methods x {len(cfg.tasks)} tasks x "
         f"{len(cfg.starts)} starting points x {len(cfg.seeds)} seeds, {cfg.workers} workers")
     # Methods with an auxiliary (guidance) model run second: it is the dpo run of their cell.
-    guided = {e.name for e in entries if needs_aux_models(e.recipe)}
+    guided = {e.name for e in entries if needs_dpo_guidance(e.recipe)}
     waves = [[c for c in cells if c["method"] not in guided], [c for c in cells if c["method"] in guided]]
     results = [r for wave in waves if wave
                for r in _run_jobs(cfg, run_cell, [(c,) for c in wave], "methods", progress, lambda job: cell_id(job[0]))]
     log("[3/3] aggregating")
-    wall = time.perf_counter() - started
-    report = aggregate(cfg, entries, assets, results, command, wall)
+    # A resumed bench reuses finished cells, so its own wall time is not what the table cost:
+    # every invocation's wall time is kept, and the table reports their sum.
+    invocations = previous_invocations(run_dir) + [{"command": command,
+                                                      "wall_seconds": round(time.perf_counter() - started, 1)}]
+    (run_dir / "invocations.json").write_text(json.dumps(invocations, indent=1))
+    report = aggregate(cfg, entries, assets, results, command, sum(i["wall_seconds"] for i in invocations))
+    report["invocations"] = invocations
     (run_dir / "results.json").write_text(json.dumps(report, indent=1))
     (run_dir / "results.md").write_text(format_markdown(report))
     from preftune.report.measure_plots import plot_bench
@@ -592,6 +629,8 @@ def format_markdown(report: dict) -> str:
     lines = [f"Command: `{report['command']}`", "",
              f"{len(report['methods'])} methods x {len(tasks)} tasks x {len(report['starts'])} starting points x "
              f"{len(seeds)} seeds (seeds {', '.join(map(str, seeds))}); wall time {report['wall_seconds'] / 60:.1f} min "
+             + (f"over {len(report['invocations'])} invocations (a resumed run reuses finished cells) "
+                if len(report.get("invocations", [])) > 1 else "") +
              f"with {report['workers']} worker processes of {report['threads_per_worker']} thread(s) "
              f"on a machine with {report['cpu_count']} CPUs ({report.get('cpu_seconds', 0) / 60:.1f} CPU-minutes "
              f"in the workers; wall times also count any other load on the machine). "
@@ -603,11 +642,16 @@ def format_markdown(report: dict) -> str:
     if templated:
         lines += [f"Methods without a recipe of their own run on the settings of configs/methods/dpo.yaml with "
                   f"their default hyperparameters: {', '.join(templated)}.", ""]
-    guided = sorted({c["method"] for c in report.get("cells", []) if c.get("aux_models")})
+    guided = sorted({c["method"] for c in report.get("cells", []) if set(c.get("aux_models", {})) & set(GUIDED_BY_DPO)})
     if guided:
-        lines += [f"Auxiliary models ({', '.join(guided)}): the `{GUIDANCE_METHOD}` run of the same task, start and "
+        lines += [f"Guidance models ({', '.join(guided)}): the `{GUIDANCE_METHOD}` run of the same task, start and "
                   f"seed, as in TGDPO's setup (where the bench runs no `{GUIDANCE_METHOD}`, the starting model, which "
                   f"makes TGDPO train as DPO).", ""]
+    proposals = sorted({c["method"] for c in report.get("cells", [])
+                        if set(c.get("aux_models", {})) - set(GUIDED_BY_DPO)})
+    if proposals:
+        lines += [f"Proposal models ({', '.join(proposals)}): the SFT model, which sampled the responses, for both "
+                  f"starting points.", ""]
     curricula = [name for name, recipe in report.get("recipes", {}).items()
                  if "default hyperparameters" not in recipe and load_config(recipe.split(" with loss")[0]).curriculum.pairs]
     if curricula:

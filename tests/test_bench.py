@@ -149,13 +149,14 @@ def test_sweep_on_the_benchs_shared_assets_fits_and_plots(smoke_bench):
 
 
 def test_tgdpo_is_guided_by_the_dpo_run_of_its_own_cell_and_runs_after_it(tmp_path):
-    from preftune.bench import cell_run_config, guidance_model, needs_aux_models
+    from preftune.bench import cell_run_config, guidance_model, needs_dpo_guidance
 
     cfg = load_bench_config(None, [f"--output_dir={tmp_path}/{{name}}"])
     cell = {"task": "arithmetic", "start": "sft", "method": "tgdpo", "seed": 1,
             "recipe": str(RECIPES / "tgdpo.yaml"), "loss": None}
     assets = {"sft_model": "SFT", "base_model": "BASE"}
-    assert needs_aux_models(str(RECIPES / "tgdpo.yaml")) and not needs_aux_models(str(RECIPES / "dpo.yaml"))
+    assert needs_dpo_guidance(str(RECIPES / "tgdpo.yaml")) and not needs_dpo_guidance(str(RECIPES / "dpo.yaml"))
+    assert not needs_dpo_guidance(str(RECIPES / "brain.yaml"))  # BRAIn's proposal is the sampling model
     # Without a dpo run the guidance falls back to the starting model (TGDPO then trains as DPO) ...
     assert guidance_model(cfg, cell, "SFT") == "SFT"
     assert cell_run_config(cfg, cell, assets).aux_models == {"guidance": "SFT"}
@@ -166,6 +167,17 @@ def test_tgdpo_is_guided_by_the_dpo_run_of_its_own_cell_and_runs_after_it(tmp_pa
     assert cell_run_config(cfg, cell, assets).aux_models == {"guidance": str(dpo_model)}
     assert guidance_model(cfg, {**cell, "seed": 0}, "SFT") == "SFT"
     assert guidance_model(cfg, {**cell, "start": "base"}, "BASE") == "BASE"
+
+
+def test_brains_proposal_is_the_model_that_sampled_the_responses(tmp_path):
+    from preftune.bench import cell_run_config
+
+    cfg = load_bench_config(None, [f"--output_dir={tmp_path}/{{name}}"])
+    assets = {"sft_model": "SFT", "base_model": "BASE"}
+    for start in ("sft", "base"):  # both starts train on the SFT model's samples
+        cell = {"task": "arithmetic", "start": start, "method": "brain", "seed": 0,
+                "recipe": str(RECIPES / "brain.yaml"), "loss": None}
+        assert cell_run_config(cfg, cell, assets).aux_models == {"proposal_logps": "SFT"}
 
 
 def test_curricula_and_listwise_objectives_train_on_scored_lists():
@@ -191,3 +203,44 @@ def test_the_readme_section_replaces_only_itself(smoke_bench, tmp_path):
     second = path.read_text()
     assert second.count("<!-- bench-table:start -->") == 1 and second.endswith("## after\n\nkept too\n")
     assert "the speed table" in second
+
+
+@pytest.mark.slow
+def test_a_terminated_bench_stops_its_workers(tmp_path):
+    """SIGTERM to the bench process (a scheduler's preemption) must not leave worker processes running."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    (tmp_path / "slow_job.py").write_text(
+        "import os, time\n"
+        "def job(cfg_dict, directory):\n"
+        "    open(os.path.join(directory, str(os.getpid())), 'w').close()\n"
+        "    time.sleep(120)\n")
+    script = ("import sys; from slow_job import job\n"
+              "from preftune.bench import BenchConfig, _run_jobs\n"
+              "_run_jobs(BenchConfig(workers=2), job, [(sys.argv[1],)] * 4, 'jobs', False, str)\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    parent = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], env=env, cwd=tmp_path)
+    deadline = time.time() + 120
+    while len([p for p in tmp_path.iterdir() if p.name.isdigit()]) < 2 and time.time() < deadline:
+        time.sleep(0.2)
+    workers = [int(p.name) for p in tmp_path.iterdir() if p.name.isdigit()]
+    assert len(workers) == 2, "the two workers did not start"
+    parent.send_signal(signal.SIGTERM)
+    assert parent.wait(timeout=30) != 0
+
+    def alive(pid):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        status = open(f"/proc/{pid}/stat").read().split()[2] if os.path.exists(f"/proc/{pid}/stat") else "X"
+        return status != "Z"  # a zombie has stopped; only its exit status is left
+
+    deadline = time.time() + 15
+    while any(alive(pid) for pid in workers) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not any(alive(pid) for pid in workers)

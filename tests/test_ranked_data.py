@@ -169,3 +169,14 @@ def test_listwise_rows_of_different_sizes_train_in_batches_of_one_size(tmp_path)
     sizes = [3 + ("rewards/response_3" in m) for m in logged if "loss" in m]
     assert len(sizes) == 6 and set(sizes) == {3, 4}  # both sizes trained, each step one of them
     assert "eval/loss" in logged[-1]  # held-out lists of both sizes evaluated without mixing
+
+
+def test_pairs_of_identical_texts_are_left_out_and_pair_index_counts_kept_pairs():
+    # A noisy rater scored the same text twice (0.9 and 0.2): that pair would be chosen == rejected.
+    row = {"prompt": "1+1=", "responses": ["2", "3", "2", "5"], "scores": [0.9, 0.5, 0.2, 0.1]}
+    pairs = pairs_from_ranked_rows([row], "all_pairs")
+    assert all(p["chosen"] != p["rejected"] for p in pairs)
+    assert len(pairs) == 5  # 6 pairs of 4 responses, less the ("2", "2") one
+    assert [p["pair_index"] for p in pairs] == list(range(5))
+    fixed = pairs_from_ranked_rows([row], "chosen_fixed")
+    assert [(p["chosen"], p["rejected"]) for p in fixed] == [("2", "5"), ("2", "3")]

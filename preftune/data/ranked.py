@@ -85,13 +85,17 @@ def pairs_from_ranked_rows(rows: Sequence[dict], mode: str = "chosen_fixed", min
     Each pair row is {prompt, chosen, rejected, chosen_score, rejected_score, score_gap,
     list_index, pair_index} plus every other column of its ranked row (e.g. a gold answer);
     list_index is the row's position in `rows`, pair_index the pair's position (0 = easiest by
-    score gap) among the pairs of its list.
+    score gap) among the pairs of its list. A list may hold the same text twice with different
+    scores (a noisy rater, a sampler that repeats itself); a pair of identical texts teaches
+    nothing and the data layer rejects it, so it is left out and pair_index counts kept pairs.
     """
     out = []
     for list_index, row in enumerate(rows):
         scores = scores_of(row)
         carried = {k: v for k, v in row.items() if k not in LIST_COLUMNS}
-        for pair_index, pair in enumerate(build_pairs(scores, mode, min_gap)):
+        kept = [p for p in build_pairs(scores, mode, min_gap)
+                if row["responses"][p.chosen] != row["responses"][p.rejected]]
+        for pair_index, pair in enumerate(kept):
             out.append({**carried, "prompt": row["prompt"], "chosen": row["responses"][pair.chosen],
                         "rejected": row["responses"][pair.rejected], "chosen_score": scores[pair.chosen],
                         "rejected_score": scores[pair.rejected], "score_gap": pair.gap,

@@ -86,25 +86,32 @@ def plot_sweep(report: dict, path: Path) -> Path:
 
 
 def plot_bench(report: dict, folder: Path) -> list[Path]:
-    """One figure per starting point: gold reward per method (mean ± std over seeds), a panel per task."""
+    """One heatmap per starting point: methods x tasks, each cell the mean gold reward over seeds
+    (written in the cell), coloured by its difference from the starting model on that task, so a
+    method that helps is green and one that hurts is red whatever the task's scale."""
+    import numpy as np
+
     rows = {(r["task"], r["start"], r["method"]): r for r in report["rows"]}
     paths = []
     for start in report["starts"]:
-        tasks = report["tasks"]
-        methods = [f"({start} model)"] + report["methods"]
-        fig, axes = plt.subplots(1, len(tasks), figsize=(max(4.0, 0.28 * len(methods) + 1.5) * len(tasks), 3.8),
-                                 squeeze=False, sharey=False)
-        for ax, task in zip(axes[0], tasks):
-            means, stds, colours = [], [], []
-            for method in methods:
-                stat = (rows.get((task, start, method)) or {}).get("metrics", {}).get("gold_reward") or {}
-                means.append(stat.get("mean") or 0.0)
-                stds.append(stat.get("std") or 0.0)
-                colours.append("grey" if method.startswith("(") else "tab:blue")
-            ax.bar(range(len(methods)), means, yerr=stds, color=colours, capsize=2)
-            ax.set_xticks(range(len(methods)), methods, rotation=70, fontsize=7)
-            ax.set_title(task, fontsize=10)
-        axes[0][0].set_ylabel("gold reward")
-        fig.suptitle("preference training " + ("after SFT" if start == "sft" else "from the base model"), fontsize=11)
+        tasks, methods = report["tasks"], [f"({start} model)"] + report["methods"]
+
+        def gold(task, method):
+            stat = (rows.get((task, start, method)) or {}).get("metrics", {}).get("gold_reward") or {}
+            return np.nan if stat.get("mean") is None else stat["mean"]
+
+        means = np.array([[gold(task, method) for task in tasks] for method in methods])
+        change = means - means[0]
+        limit = max(0.05, float(np.nanmax(np.abs(change))) if np.isfinite(change).any() else 0.05)
+        fig, ax = plt.subplots(figsize=(1.3 * len(tasks) + 2.5, 0.27 * len(methods) + 1.4))
+        ax.imshow(change, cmap="RdYlGn", vmin=-limit, vmax=limit, aspect="auto")
+        for i in range(len(methods)):
+            for j in range(len(tasks)):
+                text = "error" if np.isnan(means[i, j]) else f"{means[i, j]:.2f}"
+                ax.text(j, i, text, ha="center", va="center", fontsize=7)
+        ax.set_xticks(range(len(tasks)), tasks, rotation=30, ha="right", fontsize=8)
+        ax.set_yticks(range(len(methods)), methods, fontsize=7)
+        ax.set_title(f"gold reward, preference training {'after SFT' if start == 'sft' else 'from the base model'}"
+                     f" (colour: change from the {start} model, ±{limit:.2f})", fontsize=9)
         paths.append(save_figure(fig, folder / f"bench_gold_{start}.png"))
     return paths
