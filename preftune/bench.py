@@ -4,8 +4,13 @@ The protocol follows "Insights into Alignment" (Saeidi et al. 2025, offline.md Â
 preference data, and the alignment stage started either from an SFT model or directly from the
 base model. For each (task, seed) the work shared by all methods is done once:
 
-1. the base model (the built-in tiny model, initialised with the seed);
-2. SFT on the task's demonstrations (with the task's demonstration noise);
+1. the base model of the seed, shared by every task: the built-in tiny model initialised with
+   the seed and, with `pretrain.steps` > 0, trained by next-token prediction on an even mix of
+   every bench task's demonstrations at high noise. It stands in for a pretrained model, which
+   the protocol starts from: it knows each task's format, is right only some of the time, and
+   is tuned to no task. (A randomly initialised model, `pretrain.steps: 0`, learns nothing
+   from a few dozen preference steps, so its column would only say so.);
+2. SFT of the base model on the task's demonstrations (with the task's demonstration noise);
 3. the preference data: `samples_per_prompt` samples of the SFT model per train prompt,
    labelled by the task's labeller (pairs best against worst, or scored lists for listwise
    methods), so every method and both starting points see the same data;
@@ -63,6 +68,18 @@ class SftSettings:
 
 
 @dataclass
+class PretrainSettings:
+    """The base model of each seed (see the module docstring, step 1)."""
+
+    steps: int = 0                       # 0: the tiny model as initialised (random weights)
+    batch_size: int = 64
+    lr: float = 1e-3
+    demonstrations_per_task: int = 4096  # per distinct set of demonstrations (tasks sharing one count once)
+    noise: float = 0.5                   # fraction of those demonstrations with a wrong answer
+    warmup_ratio: float = 0.1
+
+
+@dataclass
 class PreferenceSettings:
     steps: int = 60
     batch_size: int = 16
@@ -81,6 +98,7 @@ class BenchEvalSettings:
     prompts: int | None = 100            # held-out prompts (None: the whole test split)
     samples_per_prompt: int = 2
     seed: int = 1234
+    batch_size: int = 128                # sequences generated at once, here and for the preference samples
 
 
 @dataclass
@@ -99,6 +117,7 @@ class BenchConfig:
     preference: PreferenceSettings = field(default_factory=PreferenceSettings)
     pairs: PairSettings = field(default_factory=PairSettings)
     eval: BenchEvalSettings = field(default_factory=BenchEvalSettings)
+    pretrain: PretrainSettings = field(default_factory=PretrainSettings)
 
     @property
     def run_dir(self) -> Path:
@@ -176,21 +195,90 @@ def assets_dir(cfg: BenchConfig, task: str, seed: int) -> Path:
     return cfg.run_dir / "assets" / task / f"seed{seed}"
 
 
-def base_model_dir(cfg: BenchConfig, seed: int) -> Path:
-    return cfg.run_dir / "assets" / "base" / f"seed{seed}"
-
-
 def _digest(*parts) -> str:
     return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+def initial_model_dir(cfg: BenchConfig, seed: int) -> Path:
+    return cfg.run_dir / "assets" / "base" / f"seed{seed}"
+
+
+def pretrain_rows(cfg: BenchConfig, seed: int) -> list[dict]:
+    """The base model's training text: `demonstrations_per_task` demonstrations of every distinct
+    demonstration set among the bench's tasks, at the pretraining noise, shuffled together."""
+    import random
+
+    from preftune.tasks import get_task
+
+    rows, seen = [], set()
+    for task_name in cfg.tasks:
+        settings = cfg.task_settings(task_name)
+        demos = get_task(task_name, **settings.options).demonstrations(
+            cfg.pretrain.demonstrations_per_task, cfg.pretrain.noise, seed)
+        key = _digest(demos)
+        if key not in seen:  # tasks that differ only in labelling and scoring have one demonstration set
+            seen.add(key)
+            rows += demos
+    random.Random(seed).shuffle(rows)
+    return rows
+
+
+def base_model_dir(cfg: BenchConfig, seed: int) -> Path:
+    """The seed's base model: the initialised tiny model, or that model pretrained (PretrainSettings)."""
+    if cfg.pretrain.steps <= 0:
+        return initial_model_dir(cfg, seed)
+    key = _digest(pretrain_rows(cfg, seed), to_dict(cfg.pretrain), _pretrain_lengths(cfg), seed)
+    return cfg.run_dir / "assets" / "base" / key / "pretrain" / "model"
+
+
+def _pretrain_lengths(cfg: BenchConfig) -> tuple[int, int]:
+    """Sequence lengths that fit every task's demonstrations."""
+    settings = [cfg.task_settings(t) for t in cfg.tasks]
+    return max(s.max_length for s in settings), max(s.max_prompt_length for s in settings)
+
+
+def make_base_model(cfg: BenchConfig, seed: int, progress: bool = False) -> dict:
+    """The seed's base model, unless already made (see base_model_dir)."""
+    from preftune.config import DataConfig, TrainConfig
+    from preftune.models import save_tiny_model
+    from preftune.train.loop import train
+
+    model_dir = base_model_dir(cfg, seed)
+    record = model_dir.with_name(model_dir.name + ".json")
+    if record.exists():
+        return json.loads(record.read_text())
+    started, cpu_started = time.perf_counter(), time.process_time()
+    initial = initial_model_dir(cfg, seed)
+    if not (initial / "config.json").exists():
+        save_tiny_model(initial, seed=seed)
+    if model_dir != initial:
+        max_length, max_prompt_length = _pretrain_lengths(cfg)
+        pretrain_cfg = RunConfig(
+            name="pretrain", output_dir=str(model_dir.parent.parent / "{name}"), loss="sft", reference="none",
+            data=DataConfig(source="in memory: demonstrations of every bench task", max_length=max_length,
+                            max_prompt_length=max_prompt_length),
+            train=TrainConfig(steps=cfg.pretrain.steps, batch_size=cfg.pretrain.batch_size, lr=cfg.pretrain.lr,
+                              warmup_ratio=cfg.pretrain.warmup_ratio, schedule="cosine", seed=seed,
+                              progress=progress, log_every=10))
+        pretrain_cfg.model.name_or_path = str(initial)
+        train(pretrain_cfg, data_source=pretrain_rows(cfg, seed))
+    made = {"seed": seed, "model": str(model_dir), "pretrain_steps": max(0, cfg.pretrain.steps),
+            "seconds": round(time.perf_counter() - started, 2),
+            "cpu_seconds": round(time.process_time() - cpu_started, 2)}
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(made, indent=1))
+    return made
+
+
 def sft_key(cfg: BenchConfig, task_name: str, seed: int) -> str:
-    """What determines the SFT model: the demonstrations, the SFT settings, the lengths, the seed."""
+    """What determines the SFT model: the base model, the demonstrations, the SFT settings, the
+    lengths, the seed."""
     from preftune.tasks import get_task
 
     settings = cfg.task_settings(task_name)
     rows = get_task(task_name, **settings.options).demonstrations(cfg.sft.demonstrations, settings.noise, seed)
-    return _digest(rows, to_dict(cfg.sft), settings.sft_steps, settings.max_length, settings.max_prompt_length, seed)
+    return _digest(rows, to_dict(cfg.sft), settings.sft_steps, settings.max_length, settings.max_prompt_length, seed,
+                   str(base_model_dir(cfg, seed)))
 
 
 def sft_model_dir(cfg: BenchConfig, task_name: str, seed: int) -> Path:
@@ -198,9 +286,8 @@ def sft_model_dir(cfg: BenchConfig, task_name: str, seed: int) -> Path:
 
 
 def train_sft(cfg: BenchConfig, task_name: str, seed: int, progress: bool = False) -> dict:
-    """The base model of the seed and SFT on the task's demonstrations, unless already made."""
+    """SFT of the seed's base model on the task's demonstrations, unless already made."""
     from preftune.config import DataConfig, TaskDataConfig, TrainConfig
-    from preftune.models import save_tiny_model
     from preftune.train.loop import train
 
     model_dir = sft_model_dir(cfg, task_name, seed)
@@ -208,9 +295,7 @@ def train_sft(cfg: BenchConfig, task_name: str, seed: int, progress: bool = Fals
     if record.exists():
         return json.loads(record.read_text())
     started, cpu_started = time.perf_counter(), time.process_time()
-    base = base_model_dir(cfg, seed)
-    if not (base / "config.json").exists():
-        save_tiny_model(base, seed=seed)
+    base = Path(make_base_model(cfg, seed)["model"])
     settings = cfg.task_settings(task_name)
     sft_cfg = RunConfig(
         name="sft", output_dir=str(model_dir.parent.parent / "{name}"), loss="sft", reference="none",
@@ -251,7 +336,7 @@ def prepare_assets(cfg: BenchConfig, task_name: str, seed: int, progress: bool =
         _digest(sft["model"], prompts, to_dict(cfg.pairs), settings.max_new_tokens, seed) + ".json")
     if not samples_path.exists():
         samples = sample(sft_lm, tokenizer, prompts, cfg.pairs.samples_per_prompt, cfg.pairs.temperature, 1.0,
-                         settings.max_new_tokens, 64, seed, progress, desc=f"pairs {task_name}")
+                         settings.max_new_tokens, cfg.eval.batch_size, seed, progress, desc=f"pairs {task_name}")
         samples_path.parent.mkdir(parents=True, exist_ok=True)
         temporary = samples_path.with_suffix(".tmp")
         temporary.write_text(json.dumps({"prompts": samples.prompts, "texts": samples.texts}))
@@ -262,7 +347,7 @@ def prepare_assets(cfg: BenchConfig, task_name: str, seed: int, progress: bool =
     folder.mkdir(parents=True, exist_ok=True)
     test_prompts = task.prompts("test", cfg.eval.prompts)
     eval_options = dict(samples_per_prompt=cfg.eval.samples_per_prompt, max_new_tokens=settings.max_new_tokens,
-                        seed=cfg.eval.seed + seed)
+                        seed=cfg.eval.seed + seed, batch_size=cfg.eval.batch_size)
     baseline = baseline_samples_scores(sft_lm, tokenizer, task, test_prompts, **eval_options)
     (folder / "baseline_scores.json").write_text(json.dumps(baseline.tolist()))
     base_lm = load_causal_lm(sft["base_model"])
@@ -404,7 +489,7 @@ def run_cell(cfg_dict: dict, cell: dict) -> dict:
         metrics = evaluate_on_task(policy, tokenizer, task, task.prompts("test", cfg.eval.prompts), reference=start,
                                    baseline_scores=baseline, samples_per_prompt=cfg.eval.samples_per_prompt,
                                    max_new_tokens=settings.max_new_tokens, seed=cfg.eval.seed + cell["seed"],
-                                   progress=False)
+                                   batch_size=cfg.eval.batch_size, progress=False)
         result.update(status="ok", objective=summary["objective"], metrics=metrics, data=data_stats,
                       train_seconds=round(train_seconds, 2), cpu_seconds=round(time.process_time() - cpu_started, 2),
                       final_train_metrics={k: v for k, v in summary["final_train_metrics"].items()
@@ -435,6 +520,16 @@ def _worker_init(threads: int) -> None:
         hf_logging.set_verbosity_error()
     except ImportError:  # pragma: no cover
         pass
+
+
+def _base_job(cfg_dict: dict, seed: int) -> dict:
+    return make_base_model(from_dict(BenchConfig, cfg_dict), seed)
+
+
+def sft_cost(cfg: BenchConfig, task: str) -> int:
+    """A task's SFT cost in padded tokens, to start the longest jobs first."""
+    settings = cfg.task_settings(task)
+    return (settings.sft_steps or cfg.sft.steps) * settings.max_length
 
 
 def _sft_job(cfg_dict: dict, task: str, seed: int) -> dict:
@@ -515,9 +610,13 @@ def run_bench(cfg: BenchConfig, command: str, progress: bool = True, log=print) 
             settings = cfg.task_settings(task)
             prompts = get_task(task, **settings.options).prompts("train", cfg.pairs.prompts)
             sample_groups.setdefault((key, _digest(prompts, settings.max_new_tokens), seed), []).append(task)
-    log(f"[1/3] {len(sft_jobs)} SFT models for {len(cfg.tasks)} tasks x {len(cfg.seeds)} seeds (tasks with the same "
-        f"demonstrations share one), then preference samples and baselines")
-    _run_jobs(cfg, _sft_job, list(sft_jobs.values()), "sft", progress, lambda job: f"{job[0]} seed {job[1]}")
+    base_kind = f"pretrained for {cfg.pretrain.steps} steps" if cfg.pretrain.steps > 0 else "initialised"
+    log(f"[1/3] {len(cfg.seeds)} base models ({base_kind}), {len(sft_jobs)} SFT models for {len(cfg.tasks)} tasks x "
+        f"{len(cfg.seeds)} seeds (tasks with the same demonstrations share one), then preference samples and baselines")
+    _run_jobs(cfg, _base_job, [(seed,) for seed in cfg.seeds], "base models", progress, lambda job: f"seed {job[0]}")
+    # Longest first, so that no long SFT job starts last while the other worker idles.
+    _run_jobs(cfg, _sft_job, sorted(sft_jobs.values(), key=lambda job: -sft_cost(cfg, job[0])), "sft", progress,
+              lambda job: f"{job[0]} seed {job[1]}")
     groups = [(tuple(tasks), key[2]) for key, tasks in sample_groups.items()]
     assets = [a for group in _run_jobs(cfg, _assets_job, groups, "samples + baselines", progress,
                                        lambda job: f"{'+'.join(job[0])} seed {job[1]}") for a in group]
@@ -635,6 +734,14 @@ def format_markdown(report: dict) -> str:
              f"on a machine with {report['cpu_count']} CPUs ({report.get('cpu_seconds', 0) / 60:.1f} CPU-minutes "
              f"in the workers; wall times also count any other load on the machine). "
              f"Every number is mean Â± std over seeds.", ""]
+    pretrain = report.get("config", {}).get("pretrain", {})
+    if pretrain.get("steps", 0) > 0:
+        lines += [f"Base model (one per seed, shared by every task): the tiny model trained by next-token prediction "
+                  f"for {pretrain['steps']} steps of {pretrain['batch_size']} on an even mix of every task's "
+                  f"demonstrations, {pretrain['noise']:.0%} of them with a wrong answer: a stand-in for a pretrained "
+                  f"model, which knows each task's format and is tuned to none. The SFT models start from it.", ""]
+    else:
+        lines += ["Base model: the tiny model as initialised (random weights; `pretrain.steps: 0`).", ""]
     if report.get("shared_sft"):
         lines += [f"Tasks with the same demonstrations share one SFT model per seed ({', '.join(report['shared_sft'])}).",
                   ""]

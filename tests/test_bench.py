@@ -106,6 +106,55 @@ def test_tasks_with_the_same_demonstrations_share_the_sft_model_and_samples():
     assert sft_key(cfg, "arithmetic", 0) != sft_key(cfg, "arithmetic", 1)
 
 
+def test_the_base_model_is_pretrained_on_every_distinct_demonstration_set_and_sft_starts_from_it():
+    from preftune.bench import base_model_dir, initial_model_dir, pretrain_rows, sft_key
+    from preftune.tasks import get_task
+
+    cfg = load_bench_config(ROOT / "configs" / "bench" / "full.yaml", ["--pretrain.demonstrations_per_task=50"])
+    rows = pretrain_rows(cfg, 0)
+    # arithmetic, noisy-labels and mixed-margins have one demonstration set: five sets of 50 rows
+    assert len(rows) == 5 * 50
+    for task in ("arithmetic", "length-bias", "two-objective", "multistep", "safety"):
+        demos = get_task(task, **cfg.task_settings(task).options).demonstrations(50, cfg.pretrain.noise, 0)
+        assert all(d in rows for d in demos), task
+    assert rows != pretrain_rows(cfg, 1)
+    assert base_model_dir(cfg, 0) != base_model_dir(cfg, 1) != initial_model_dir(cfg, 1)
+    # SFT starts from the base model: another pretraining budget is another SFT model
+    longer = load_bench_config(ROOT / "configs" / "bench" / "full.yaml",
+                               ["--pretrain.demonstrations_per_task=50", "--pretrain.steps=301"])
+    assert sft_key(cfg, "arithmetic", 0) != sft_key(longer, "arithmetic", 0)
+    untrained = load_bench_config(ROOT / "configs" / "bench" / "full.yaml", ["--pretrain.steps=0"])
+    assert base_model_dir(untrained, 2) == initial_model_dir(untrained, 2)
+
+
+@pytest.mark.slow
+def test_the_smoke_benchs_base_model_is_pretrained_and_is_what_sft_and_base_cells_start_from(smoke_bench):
+    import torch
+
+    from preftune.bench import base_model_dir, initial_model_dir
+    from preftune.models import load_causal_lm
+
+    cfg, report = smoke_bench
+    for seed in cfg.seeds:
+        base = base_model_dir(cfg, seed)
+        record = json.loads(base.with_name("model.json").read_text())
+        assert record["pretrain_steps"] == cfg.pretrain.steps and record["model"] == str(base)
+        trained, initial = load_causal_lm(str(base)), load_causal_lm(str(initial_model_dir(cfg, seed)))
+        moved = [not torch.equal(a, b) for a, b in zip(trained.parameters(), initial.parameters())]
+        assert all(moved)
+        assets = json.loads((cfg.run_dir / "assets" / "arithmetic" / f"seed{seed}" / "assets.json").read_text())
+        assert assets["base_model"] == str(base)
+        sft = json.loads(Path(assets["sft_model"]).parent.parent.joinpath("sft.json").read_text())
+        assert sft["base_model"] == str(base)
+        import yaml
+
+        cell = yaml.safe_load((cfg.run_dir / "runs" / "arithmetic" / "base" / f"seed{seed}" / "dpo" /
+                               "config.yaml").read_text())
+        assert cell["model"]["name_or_path"] == str(base)
+    markdown = (cfg.run_dir / "results.md").read_text()
+    assert f"for {cfg.pretrain.steps} steps of {cfg.pretrain.batch_size}" in markdown
+
+
 def test_entries_cover_recipes_and_registered_offline_methods():
     cfg = load_bench_config(ROOT / "configs" / "bench" / "full.yaml", [f"--recipes={ROOT / 'configs' / 'methods'}"])
     entries = {e.name: e for e in bench_entries(cfg)}
