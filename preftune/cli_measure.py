@@ -61,7 +61,9 @@ def add_parsers(sub, formatter=argparse.RawDescriptionHelpFormatter) -> None:
         "bench", help="every offline method x built-in task x seed, with and without SFT: a results table",
         formatter_class=formatter,
         description="Run every method recipe of configs/methods on every task of the config, for each seed, from the "
-                    "task's SFT model and from the base model (Insights into Alignment). SFT models and preference "
+                    "task's SFT model and from the base model (Insights into Alignment). The base model of a seed is "
+                    "the tiny model pretrained on every task's noisy demonstrations (pretrain.steps; 0: as "
+                    "initialised); SFT models start from it. Base and SFT models and preference "
                     "data are made once per task and seed and shared by all methods. Writes RUN_DIR/results.md and "
                     "results.json (mean ± std over seeds of gold reward, win-rate vs SFT, KL, length, wall time; the "
                     "survey's taxonomy as columns) and plots. Resumes: finished cells are not rerun.",
