@@ -47,6 +47,18 @@ def test_every_tool_names_real_modules_and_a_real_command():
         assert named, f"{tool.name}: {tool.command!r} names no preftune command"
 
 
+def test_every_tool_is_stable_by_tests_that_exist_and_check_known_values():
+    import ast
+
+    for tool in all_tools():
+        assert tool.status == "stable" and tool.checks, tool.name
+        for check in tool.checks:
+            path, name = check.split("::")
+            tree = ast.parse((ROOT / path).read_text())
+            defined = {node.name for node in ast.walk(tree) if isinstance(node, ast.FunctionDef)}
+            assert name in defined, f"{tool.name}: {check} does not exist"
+
+
 def test_methods_table_lists_the_tools(capsys):
     assert main(["methods"]) == 0
     out = capsys.readouterr().out
