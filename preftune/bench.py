@@ -227,8 +227,21 @@ def base_model_dir(cfg: BenchConfig, seed: int) -> Path:
     """The seed's base model: the initialised tiny model, or that model pretrained (PretrainSettings)."""
     if cfg.pretrain.steps <= 0:
         return initial_model_dir(cfg, seed)
-    key = _digest(pretrain_rows(cfg, seed), to_dict(cfg.pretrain), _pretrain_lengths(cfg), seed)
-    return cfg.run_dir / "assets" / "base" / key / "pretrain" / "model"
+    return cfg.run_dir / "assets" / "base" / _pretrain_key(cfg, seed) / "pretrain" / "model"
+
+
+_PRETRAIN_KEYS: dict[str, str] = {}
+
+
+def _pretrain_key(cfg: BenchConfig, seed: int) -> str:
+    """A digest of the base model's training rows and settings. Making the rows takes a quarter of
+    a second and every stage asks for the key (each SFT key holds it), so it is kept per process
+    for the settings that determine the rows."""
+    settings = json.dumps([cfg.tasks, to_dict(cfg.pretrain), seed], sort_keys=True, default=str)
+    if settings not in _PRETRAIN_KEYS:
+        _PRETRAIN_KEYS[settings] = _digest(pretrain_rows(cfg, seed), to_dict(cfg.pretrain), _pretrain_lengths(cfg),
+                                           seed)
+    return _PRETRAIN_KEYS[settings]
 
 
 def _pretrain_lengths(cfg: BenchConfig) -> tuple[int, int]:
@@ -396,7 +409,7 @@ def cell_run_config(cfg: BenchConfig, cell: dict, assets: dict):
     """The recipe's RunConfig with the bench's model, data, lengths, budget and seed."""
     recipe = load_config(cell["recipe"], [f"--loss={cell['loss']}"] if cell.get("loss") else None)
     settings = cfg.task_settings(cell["task"])
-    start_model = assets["sft_model"] if cell["start"] == "sft" else assets["base_model"]
+    start_model = starting_model(cell, assets)
     data = to_dict(recipe)
     data["name"] = cell["method"]
     data["output_dir"] = str(cell_run_dir(cfg, {**cell, "method": "{name}"}))
@@ -421,11 +434,15 @@ GUIDANCE_METHOD = "dpo"
 GUIDED_BY_DPO = ("guidance",)
 
 
+def starting_model(cell: dict, assets: dict) -> str:
+    """The model a cell's preference training starts from: its (task, seed)'s SFT or base model."""
+    return assets["sft_model"] if cell["start"] == "sft" else assets["base_model"]
+
+
 def aux_model(cfg: BenchConfig, cell: dict, name: str, assets: dict) -> str:
     """The model behind auxiliary model `name` of a cell (see GUIDED_BY_DPO)."""
     if name in GUIDED_BY_DPO:
-        start_model = assets["sft_model"] if cell["start"] == "sft" else assets["base_model"]
-        return guidance_model(cfg, cell, start_model)
+        return guidance_model(cfg, cell, starting_model(cell, assets))
     return str(assets["sft_model"])
 
 
@@ -710,6 +727,7 @@ def aggregate(cfg: BenchConfig, entries: list[Entry], assets: list[dict], result
             "recipes": {e.name: (e.recipe if e.loss is None else f"{e.recipe} with loss {e.loss} (default "
                                  f"hyperparameters)") for e in entries},
             "assets": [{k: a[k] for k in ("task", "seed", "sft_seconds", "sample_gold_reward")} for a in assets],
+            "curricula": [e.name for e in entries if e.loss is None and load_config(e.recipe).curriculum.pairs],
             "shared_sft": shared,
             "rows": rows, "cells": results}
 
@@ -759,8 +777,7 @@ def format_markdown(report: dict) -> str:
     if proposals:
         lines += [f"Proposal models ({', '.join(proposals)}): the SFT model, which sampled the responses, for both "
                   f"starting points.", ""]
-    curricula = [name for name, recipe in report.get("recipes", {}).items()
-                 if "default hyperparameters" not in recipe and load_config(recipe.split(" with loss")[0]).curriculum.pairs]
+    curricula = report.get("curricula", [])
     if curricula:
         lines += [f"Curricula ({', '.join(curricula)}) train on the same scored lists as the listwise methods, cut into "
                   f"pairs, for the preference budget per stage (the stages refresh the reference).", ""]
