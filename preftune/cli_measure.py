@@ -62,8 +62,9 @@ def add_parsers(sub, formatter=argparse.RawDescriptionHelpFormatter) -> None:
         formatter_class=formatter,
         description="Run every method recipe of configs/methods on every task of the config, for each seed, from the "
                     "task's SFT model and from the base model (Insights into Alignment). The base model of a seed is "
-                    "the tiny model pretrained on every task's noisy demonstrations (pretrain.steps; 0: as "
-                    "initialised); SFT models start from it. Base and SFT models and preference "
+                    "the tiny model, pretrained for pretrain.steps on every task's noisy demonstrations (300 in "
+                    "configs/bench/full.yaml; 0, the built-in default, keeps it as initialised); SFT models start "
+                    "from it. Base and SFT models and preference "
                     "data are made once per task and seed and shared by all methods. Writes RUN_DIR/results.md and "
                     "results.json (mean ± std over seeds of gold reward, win-rate vs SFT, KL, length, wall time; the "
                     "survey's taxonomy as columns) and plots. Resumes: finished cells are not rerun.",
