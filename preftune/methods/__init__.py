@@ -14,5 +14,10 @@ for _module in pkgutil.iter_modules(__path__):
     if _module.name not in ("registry", "objective", "common", "state"):
         importlib.import_module(f"{__name__}.{_module.name}")
 
+# Method packages that live beside the layer they serve and register with this registry too.
+METHOD_PACKAGES = ("preftune.diffusion.methods",)
+for _package in METHOD_PACKAGES:
+    importlib.import_module(_package)
+
 __all__ = ["CheckResult", "MethodSpec", "Objective", "all_methods", "build_objective", "get",
            "register", "tabular_check", "taxonomy"]
