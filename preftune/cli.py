@@ -258,11 +258,12 @@ def cmd_methods(args, _) -> int:
         print(json.dumps([{"kind": "method", **s.as_dict()} for s in specs] + [t.as_dict() for t in tools], indent=1))
         return 0
     width = max(len(s.name) for s in specs) + 2  # the longest name still leaves a gap
-    print(f"{'name':<{width}}{'seed':<16}{'family':<24}{'reference':<11}{'input':<11}{'status':<14}taxonomy")
+    kind_width = max(len(s.input_kind) for s in specs) + 2  # diffusion kinds are longer than "pairwise"
+    print(f"{'name':<{width}}{'seed':<16}{'family':<24}{'reference':<11}{'input':<{kind_width}}{'status':<14}taxonomy")
     for s in specs:
         tags = "; ".join(",".join(v) for v in s.taxonomy.values() if v)
         print(f"{s.name:<{width}}{(s.seed or '-'):<16}{s.family:<24}{('yes' if s.needs_reference else 'no'):<11}"
-              f"{s.input_kind:<11}{s.status:<14}{tags}")
+              f"{s.input_kind:<{kind_width}}{s.status:<14}{tags}")
     print(f"\n{len(specs)} methods; `preftune methods --json` gives hyperparameters, papers and checks")
     print(f"\n{'analysis tool':<28}{'seed':<22}command")
     for t in tools:

@@ -98,7 +98,10 @@ def problem(kind: str = "ddpm", batch: int = 6, samples: int = 2, dims: int = 4,
 # --------------------------------------------------------------------------- measuring
 
 def grad(scalar: Tensor, theta: dict[str, Tensor]) -> Tensor:
-    """The gradient of a scalar with respect to every parameter, flattened into one vector."""
+    """The gradient of a scalar with respect to every parameter, flattened into one vector (zeros where
+    the scalar does not depend on a parameter at all)."""
+    if not scalar.requires_grad:
+        return torch.cat([torch.zeros_like(p).flatten() for p in theta.values()])
     parts = torch.autograd.grad(scalar, list(theta.values()), allow_unused=True, retain_graph=True)
     return torch.cat([(torch.zeros_like(p) if g is None else g).flatten() for g, p in zip(parts, theta.values())])
 

@@ -96,7 +96,7 @@ def rankdpo_check(fn=rankdpo):
     got = fn(moved_policy, reference, scores=scores2, beta=5000.0).loss
     dpo = diffusion_dpo(moved_policy, reference, beta=5000.0).loss * weight
     results.append(checks.close("rankdpo", "k = 2: loss equals Delta-DCG_12 * Diffusion-DPO away from ref", 0.0,
-                                float((got - dpo).abs().max()), checks.EXACT))
+                                (got - dpo).abs().max(), checks.EXACT))
     p4 = checks.problem(samples=4, seed=5)
     g = torch.Generator().manual_seed(11)
     scores4 = torch.rand(6, 4, generator=g, dtype=checks.DTYPE)
@@ -112,5 +112,5 @@ def rankdpo_check(fn=rankdpo):
                     for i in range(4) for j in range(4) if scores4[b, i] > scores4[b, j])
         expected.append(float(total) * checks.LOG2)
     results.append(checks.close("rankdpo", "k = 4: loss at theta = ref is log 2 * sum of ordered-pair weights", 0.0,
-                                float((loss4 - torch.tensor(expected, dtype=checks.DTYPE)).abs().max()), checks.EXACT))
+                                (loss4 - torch.tensor(expected, dtype=checks.DTYPE)).abs().max(), checks.EXACT))
     return results
