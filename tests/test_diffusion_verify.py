@@ -197,7 +197,7 @@ MUTANTS = [
     ("d3po", d3po_soft_clip, "outside [1 - clip, 1 + clip] have zero gradient"),
     ("d3po", d3po_ties_as_wins, "a tie (0, 0) has zero gradient"),
     ("diffusion_dro", dro_no_margin, "loss at theta = ref is the margin"),
-    ("diffusion_dro", dro_no_hinge, "zero gradient once"),
+    ("diffusion_dro", dro_no_hinge, "zero gradient on examples"),
     ("smpo", smpo_unsmoothed, "kappa * beta/4"),
     ("smpo", smpo_kappa_without_centering, "p_w = 0.5"),
     ("rankdpo", rank_gain_only, "k = 2: loss at theta = ref"),
