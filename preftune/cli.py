@@ -1,5 +1,6 @@
 """The `preftune` command line: sft, train, online, eval, generate, methods, verify, quickstart, and the
-measurement commands probe, sweep, bench, report (cli_measure.py)."""
+measurement commands probe, sweep, bench, report (cli_measure.py), and `preftune diffusion ...`
+(preftune/diffusion/cli.py)."""
 from __future__ import annotations
 
 import argparse
@@ -102,8 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue a stopped run at the iteration it stopped in")
 
     from preftune import cli_measure
+    from preftune.diffusion import cli as diffusion_cli
 
     cli_measure.add_parsers(sub, _Formatter)
+    diffusion_cli.add_parser(sub, _Formatter)
     return parser
 
 
@@ -136,13 +139,13 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
     from preftune import cli_measure
 
-    takes_overrides = ("train", "sft", "quickstart", "online", *cli_measure.TAKES_OVERRIDES)
+    takes_overrides = ("train", "sft", "quickstart", "online", "diffusion", *cli_measure.TAKES_OVERRIDES)
     if args.command not in takes_overrides:
         if extras:
             parser.error(f"unrecognised arguments: {' '.join(extras)}")
     handler = {"train": cmd_train, "sft": cmd_train, "eval": cmd_eval, "generate": cmd_generate,
                "methods": cmd_methods, "verify": cmd_verify, "quickstart": cmd_quickstart,
-               "online": cmd_online, **cli_measure.HANDLERS}[args.command]
+               "online": cmd_online, "diffusion": cmd_diffusion, **cli_measure.HANDLERS}[args.command]
     from preftune.config import ConfigError
     from preftune.data.formats import DataError
 
@@ -173,6 +176,12 @@ def cmd_train(args, overrides: list[str]) -> int:
     print(f"trained {summary['objective']} for {summary['steps']} steps; model: {summary['model_dir']}")
     print(f"run directory: {run_dir}")
     return 0
+
+
+def cmd_diffusion(args, overrides: list[str]) -> int:
+    from preftune.diffusion import cli as diffusion_cli
+
+    return diffusion_cli.run(args, overrides)
 
 
 def cmd_online(args, overrides: list[str]) -> int:

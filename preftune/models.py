@@ -117,33 +117,41 @@ def builtin_sft_path() -> Path:
 
 def resolve_model_name(name_or_path: str) -> str:
     """Map `builtin:arithmetic-sft` to its cached directory, training it first if needed (about a
-    minute on 2 cores: the quickstart's SFT stage); any other name is returned unchanged.
-
-    Concurrent processes wait on a file lock, and the model appears only once complete (built in a
-    scratch folder, then renamed), so they share one build.
-    """
+    minute on 2 cores: the quickstart's SFT stage); any other name is returned unchanged."""
     if name_or_path != BUILTIN_ARITHMETIC_SFT:
         return name_or_path
+
+    def build(scratch: Path) -> Path:
+        from preftune.pipeline import PipelineConfig, run_sft_stage
+
+        return Path(run_sft_stage(PipelineConfig(name="sft-build", output_dir=str(scratch / "{name}"))))
+
+    return str(build_once(builtin_sft_path(), "config.json", build))
+
+
+def build_once(path: Path, marker: str, build) -> Path:
+    """The cached directory `path`, built by `build(scratch_dir) -> built_dir` if `path/marker` is missing.
+
+    Concurrent processes wait on a file lock, and the directory appears only once complete (built
+    in a scratch folder, then renamed), so they share one build.
+    """
     import fcntl
     import shutil
     import tempfile
 
-    path = builtin_sft_path()
-    if (path / "config.json").exists():
-        return str(path)
-    path.parent.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.parent.parent / f"{path.parent.name}.lock", "w") as lock:
+    path = Path(path)
+    if (path / marker).exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (path / "config.json").exists():
-            from preftune.pipeline import PipelineConfig, run_sft_stage
-
-            scratch = Path(tempfile.mkdtemp(prefix="building-", dir=path.parent.parent))
-            built = run_sft_stage(PipelineConfig(name="sft-build", output_dir=str(scratch / "{name}")))
-            shutil.rmtree(path.parent, ignore_errors=True)
-            path.parent.mkdir(parents=True)
+        if not (path / marker).exists():
+            scratch = Path(tempfile.mkdtemp(prefix="building-", dir=path.parent))
+            built = build(scratch / "build")
+            shutil.rmtree(path, ignore_errors=True)
             Path(built).rename(path)
             shutil.rmtree(scratch, ignore_errors=True)
-    return str(path)
+    return path
 
 
 def load_tokenizer(name_or_path: str):
@@ -181,12 +189,13 @@ class LoraSettings:
     target_modules: list[str] | str = "all-linear"
 
 
-def add_lora(model, settings: LoraSettings):
-    """Wrap `model` with trainable LoRA adapters (peft); the base weights are frozen."""
+def add_lora(model, settings: LoraSettings, task_type: str | None = "CAUSAL_LM"):
+    """Wrap `model` with trainable LoRA adapters (peft); the base weights are frozen. task_type None
+    gives a plain PeftModel, for networks that are not causal LMs (diffusion UNets, transformers)."""
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
-                        target_modules=settings.target_modules, task_type="CAUSAL_LM")
+                        target_modules=settings.target_modules, task_type=task_type)
     return get_peft_model(model, config)
 
 

@@ -36,7 +36,7 @@ def inversion_identities(method: str) -> list[CheckResult]:
         if schedule.alphas_cumprod is not None:
             schedule = Schedule("ddpm", 1000, schedule.alphas_cumprod.to(DTYPE), schedule.final_alpha_cumprod)
         x0 = SIGMA * torch.randn(8, 3, generator=g, dtype=DTYPE)
-        steps = 1000
+        steps = 500
         grid = inversion_grid(schedule, steps)
         landing = grid[len(grid) // 2]
         t = torch.full((8,), int(landing) + 1) if kind == "ddpm" else torch.full((8,), float(landing) + 1e-6,
@@ -53,5 +53,5 @@ def inversion_identities(method: str) -> list[CheckResult]:
         ode = x0 * expand(((a_l.to(DTYPE) ** 2 * SIGMA ** 2 + s_l.to(DTYPE) ** 2).sqrt() / SIGMA), x0)
         relative = float(((x_t - ode).abs().max() / ode.abs().max()))
         results.append(close(method, f"inversion with {steps} steps lands on the probability-flow ODE image ({kind})",
-                             0.0, relative, 2e-3))
+                             0.0, relative, 5e-3))
     return results
