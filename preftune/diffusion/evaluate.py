@@ -76,12 +76,12 @@ class Evaluator:
                 metrics["eval/data_motion"] = float(task.motion(self.data).mean())
             if task.control_dim:
                 metrics["eval/control_error"] = float((decoded - conditions).norm(dim=-1).mean())
-        reference = self._reference_network()
+        reference = self._reference_call()
         if reference is not None:
             metrics.update(self._implicit(network, reference))
             if self.data is not None:
                 cond = self.model.condition(self.conditions, self.device) if self.conditions is not None else None
-                metrics["eval/kl_proxy"] = kl_proxy(self.model.call(network), self.model.call(reference),
+                metrics["eval/kl_proxy"] = kl_proxy(self.model.call(network), reference,
                                                     self.data.to(self.device), cond, self.model.schedule,
                                                     generator(self.cfg.eval.seed, "kl proxy"))
         if run_dir is not None and self.cfg.eval.grid:
@@ -94,12 +94,10 @@ class Evaluator:
             self.initial = dict(metrics)
         return metrics
 
-    def _reference_network(self):
-        if self.reference is None or self.reference.kind == "none":
-            return None
-        if self.reference.kind == "model":
-            return self.reference.frozen
-        return _Disabled(self.reference)
+    def _reference_call(self):
+        from preftune.diffusion.train import reference_call
+
+        return None if self.reference is None else reference_call(self.reference, self.model)
 
     @torch.no_grad()
     def _implicit(self, network, reference) -> dict:
@@ -120,7 +118,7 @@ class Evaluator:
             cond = {key: value.repeat_interleave(k, dim=0) for key, value in encoded.items()}
         schedule, g = self.model.schedule, generator(self.cfg.eval.seed, "implicit accuracy")
         implicit = torch.zeros(b, k, device=self.device)
-        policy_call, reference_call = self.model.call(network), self.model.call(reference)
+        policy_call, reference_call = self.model.call(network), reference
         for _ in range(4):
             t = schedule.sample_time(b, g, self.device).repeat_interleave(k)
             eps = torch.randn((b, *flat.shape[1:]), generator=g).to(flat).repeat_interleave(k, dim=0)
@@ -134,15 +132,4 @@ class Evaluator:
         gap = implicit[:, :, None] - implicit[:, None, :]
         agree = (better & (gap > 0)).float() + 0.5 * (better & (gap == 0)).float()   # a tie counts half
         return {"eval/implicit_accuracy": float(agree.sum() / better.sum().clamp_min(1))}
-
-
-class _Disabled:
-    """The policy with its LoRA adapters disabled, used as the reference network."""
-
-    def __init__(self, reference):
-        self.reference = reference
-
-    def __call__(self, *args, **kwargs):
-        with self.reference.model() as network:
-            return network(*args, **kwargs)
 

@@ -157,7 +157,10 @@ def load_diffusion_model(name_or_path: str, dtype: torch.dtype = torch.float32, 
         raise FileNotFoundError(f"model {name_or_path!r}: no such directory (give a diffusers pipeline directory, "
                                 f"a denoiser directory with denoiser/ and scheduler/, or builtin:toy-<name>)")
     if (path / "model_index.json").exists():
-        pipeline = diffusers.DiffusionPipeline.from_pretrained(str(path), torch_dtype=dtype)
+        index = json.loads((path / "model_index.json").read_text())
+        absent = {k: None for k, v in index.items() if isinstance(v, list) and v and v[0] is None}  # e.g. SD3 without T5
+        typed = {} if dtype == torch.float32 else {"torch_dtype": dtype}
+        pipeline = diffusers.DiffusionPipeline.from_pretrained(str(path), **typed, **absent)
         component = next((c for c in NETWORK_COMPONENTS if getattr(pipeline, c, None) is not None), None)
         if component is None:
             raise ValueError(f"{path}: the pipeline has neither a unet nor a transformer to train")
@@ -176,7 +179,7 @@ def load_diffusion_model(name_or_path: str, dtype: torch.dtype = torch.float32, 
         raise FileNotFoundError(f"{path}: not a model directory (no model_index.json, and no denoiser/ + scheduler/)")
     config = json.loads((path / "denoiser" / "config.json").read_text())
     cls = _network_class(config.get("_class_name", ""))
-    network = cls.from_pretrained(str(path / "denoiser"), torch_dtype=dtype)
+    network = cls.from_pretrained(str(path / "denoiser"), **({} if dtype == torch.float32 else {"torch_dtype": dtype}))
     scheduler_config = json.loads((path / "scheduler" / "scheduler_config.json").read_text())
     scheduler = getattr(diffusers, scheduler_config["_class_name"]).from_pretrained(str(path / "scheduler"))
     task = None

@@ -9,8 +9,8 @@ them (batches.py); the objective is the same `Objective` of registered methods.
 from __future__ import annotations
 
 import json
-import math
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -173,6 +173,8 @@ def train_diffusion(cfg: DiffusionConfig, resume: str | bool | None = None, on_s
     bar = tqdm(total=total_steps, initial=start_step, disable=not (main and cfg.train.progress),
                desc=f"diffusion {objective.describe()}", dynamic_ncols=True, mininterval=0.5)
 
+    ref_call = reference_call(reference, model, accelerator.unwrap_model)
+
     def one_step(step: int) -> dict:
         """Optimizer step `step`: this process's micro-batches (gradients summed with equal weight), one update."""
         started = time.perf_counter()
@@ -181,9 +183,8 @@ def train_diffusion(cfg: DiffusionConfig, resume: str | bool | None = None, on_s
         for m, batch in enumerate(batches):
             g = generator(cfg.train.seed, step, m, accelerator.process_index, "noise")
             last = m == len(batches) - 1
-            with (accelerator.no_sync(network) if not last else _nothing()):
-                with reference_call(reference, accelerator, model) as ref_call:
-                    policy_record, reference_record = build_records(batch, model.call(network), ref_call, plan, g)
+            with (accelerator.no_sync(network) if not last else nullcontext()):
+                policy_record, reference_record = build_records(batch, model.call(network), ref_call, plan, g)
                 out = objective(policy_record, reference_record, batch.extras)
                 accelerator.backward(out.loss.mean() / (len(batches) if kind in ONLINE_KINDS else 1))
             stats.add(out, policy_record)
@@ -244,28 +245,16 @@ def train_diffusion(cfg: DiffusionConfig, resume: str | bool | None = None, on_s
     return run_dir
 
 
-class _nothing:
-    def __enter__(self):
+def reference_call(reference, model, unwrap=lambda m: m):
+    """The reference network as a call (x_t, time, cond) -> prediction, or None without a reference.
+
+    A LoRA-disabled reference disables the adapters only for its own forward, so the policy's
+    forward in the same step keeps them.
+    """
+    if reference.kind == "none":
         return None
 
-    def __exit__(self, *exc):
-        return False
-
-
-class reference_call:
-    """`with reference_call(reference, accelerator, model) as call:` the reference network's call, or None."""
-
-    def __init__(self, reference, accelerator, model):
-        self.reference, self.accelerator, self.model = reference, accelerator, model
-        self.context = None
-
-    def __enter__(self):
-        if self.reference.kind == "none":
-            return None
-        self.context = self.reference.model(self.accelerator.unwrap_model)
-        return self.model.call(self.context.__enter__())
-
-    def __exit__(self, *exc):
-        if self.context is not None:
-            return self.context.__exit__(*exc)
-        return False
+    def call(x_t, time, cond):
+        with reference.model(unwrap) as network:
+            return model.call(network)(x_t, time, cond)
+    return call
