@@ -143,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     handler = {"train": cmd_train, "sft": cmd_train, "eval": cmd_eval, "generate": cmd_generate,
                "methods": cmd_methods, "verify": cmd_verify, "quickstart": cmd_quickstart,
                "online": cmd_online, **cli_measure.HANDLERS}[args.command]
+    import preftune.train  # noqa: F401  (registers the built-in models a training run makes: builtin:arithmetic-sft)
     from preftune.config import ConfigError
     from preftune.data.formats import DataError
 

@@ -5,9 +5,15 @@ returning a `MethodOutput`. `register` records the facts the trainer needs (does
 reference model, per-token log-probs, which data columns), the catalogue seed it implements,
 the survey taxonomy tags, and its status. Hyperparameters are the keyword-only arguments with
 defaults, so the signature is the single source of truth for names and defaults.
+
+Methods of other families live beside their loops, in a `methods` subpackage of the family
+(`preftune/rl/methods/`, `preftune/diffusion/methods/`) that registers its losses here when
+imported. METHOD_PACKAGES names those subpackages; `get` and `all_methods` import them on first
+use, skipping a family that does not exist, so the registry never imports a loop.
 """
 from __future__ import annotations
 
+import importlib
 import inspect
 import math
 from dataclasses import dataclass, field
@@ -121,6 +127,25 @@ def _jsonable(value: Any) -> Any:
 
 _REGISTRY: dict[str, MethodSpec] = {}
 
+# Method packages outside preftune/methods/ (which registers its own files when imported). A family
+# adds its `methods` subpackage here; it sits on the methods layer (tests/test_layers.py), and its
+# parent package's __init__ must stay light (no loop imports), since importing it runs that first.
+METHOD_PACKAGES = ("preftune.rl.methods", "preftune.diffusion.methods")
+_loaded_packages: set[str] = set()
+
+
+def load_method_packages() -> None:
+    """Import every family method package that exists (once), so that its methods are registered."""
+    for name in METHOD_PACKAGES:
+        if name in _loaded_packages:
+            continue
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as error:  # the family (or its methods) is not there: nothing to register
+            if not error.name or not (name == error.name or name.startswith(error.name + ".")):
+                raise
+        _loaded_packages.add(name)
+
 
 def register(*, name: str, seed: str | None, family: str, input_kind: str, needs_reference: bool,
              taxonomy: dict[str, list[str]], paper: str, status: str = "experimental",
@@ -186,11 +211,14 @@ def tabular_check(name: str):
 
 def get(name: str) -> MethodSpec:
     if name not in _REGISTRY:
+        load_method_packages()
+    if name not in _REGISTRY:
         raise KeyError(f"unknown method '{name}'; registered methods: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]
 
 
 def all_methods() -> list[MethodSpec]:
+    load_method_packages()
     return [_REGISTRY[k] for k in sorted(_REGISTRY)]
 
 
