@@ -76,7 +76,7 @@ def stage_config(stage: RunConfig, cfg: PipelineConfig, model: str, name: str) -
 
 def run_sft_stage(cfg: PipelineConfig, progress: bool = True, log=print, timings: dict | None = None) -> str:
     """Stages 1-2: build the base model (when built-in) and supervised fine-tuning; returns the SFT model path."""
-    from preftune.train.loop import train
+    from preftune.train.runner import run_training
 
     started = time.perf_counter()
     timings = {} if timings is None else timings
@@ -92,7 +92,7 @@ def run_sft_stage(cfg: PipelineConfig, progress: bool = True, log=print, timings
     log("[2/4] supervised fine-tuning on task demonstrations")
     sft_cfg = stage_config(cfg.sft, cfg, base, "sft")
     sft_cfg.train.progress = progress
-    sft_model = str(train(sft_cfg) / "model")
+    sft_model = str(run_training(sft_cfg) / "model")
     timings["sft"] = time.perf_counter() - started - timings["base"]
     return sft_model
 
@@ -102,7 +102,7 @@ def run_pipeline(cfg: PipelineConfig, progress: bool = True, log=print) -> dict:
     from preftune.eval.task_eval import evaluate_on_task
     from preftune.report.plots import plot_comparison, plot_training
     from preftune.train.metrics import read_metrics
-    from preftune.train.loop import train
+    from preftune.train.runner import run_training
 
     started = time.perf_counter()
     run_dir = cfg.run_dir
@@ -116,7 +116,7 @@ def run_pipeline(cfg: PipelineConfig, progress: bool = True, log=print) -> dict:
         f"labelled by the gold oracle")
     pref_cfg = stage_config(cfg.preference, cfg, sft_model, "preference")
     pref_cfg.train.progress = progress
-    pref_dir = train(pref_cfg)
+    pref_dir = run_training(pref_cfg)
     timings["preference"] = time.perf_counter() - started - sum(timings.values())
 
     log("[4/4] evaluating on held-out prompts")

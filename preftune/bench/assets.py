@@ -80,7 +80,7 @@ def make_base_model(cfg: BenchConfig, seed: int, progress: bool = False) -> dict
     """The seed's base model, unless already made (see base_model_dir)."""
     from preftune.config import DataConfig, TrainConfig
     from preftune.models import save_tiny_model
-    from preftune.train.loop import train
+    from preftune.train.runner import run_training
 
     model_dir = base_model_dir(cfg, seed)
     record = model_dir.with_name(model_dir.name + ".json")
@@ -100,7 +100,7 @@ def make_base_model(cfg: BenchConfig, seed: int, progress: bool = False) -> dict
                               warmup_ratio=cfg.pretrain.warmup_ratio, schedule="cosine", seed=seed,
                               progress=progress, log_every=10))
         pretrain_cfg.model.name_or_path = str(initial)
-        train(pretrain_cfg, data_source=pretrain_rows(cfg, seed))
+        run_training(pretrain_cfg, data_source=pretrain_rows(cfg, seed))
     made = {"seed": seed, "model": str(model_dir), "pretrain_steps": max(0, cfg.pretrain.steps),
             "seconds": round(time.perf_counter() - started, 2),
             "cpu_seconds": round(time.process_time() - cpu_started, 2)}
@@ -127,7 +127,7 @@ def sft_model_dir(cfg: BenchConfig, task_name: str, seed: int) -> Path:
 def train_sft(cfg: BenchConfig, task_name: str, seed: int, progress: bool = False) -> dict:
     """SFT of the seed's base model on the task's demonstrations, unless already made."""
     from preftune.config import DataConfig, TaskDataConfig, TrainConfig
-    from preftune.train.loop import train
+    from preftune.train.runner import run_training
 
     model_dir = sft_model_dir(cfg, task_name, seed)
     record = model_dir.parent.parent / "sft.json"
@@ -146,7 +146,7 @@ def train_sft(cfg: BenchConfig, task_name: str, seed: int, progress: bool = Fals
                           warmup_ratio=cfg.sft.warmup_ratio, schedule="cosine", seed=seed, progress=progress,
                           log_every=10))
     sft_cfg.model.name_or_path = str(base)
-    train(sft_cfg)
+    run_training(sft_cfg)
     made = {"task": task_name, "seed": seed, "model": str(model_dir), "base_model": str(base),
             "seconds": round(time.perf_counter() - started, 2),
             "cpu_seconds": round(time.process_time() - cpu_started, 2)}

@@ -97,7 +97,7 @@ def run_cell(cfg_dict: dict, cell: dict) -> dict:
     from preftune.eval.task_eval import evaluate_on_task
     from preftune.models import load_causal_lm, load_tokenizer
     from preftune.tasks import get_task
-    from preftune.train.loop import train
+    from preftune.train.runner import run_training
 
     cfg = from_dict(BenchConfig, cfg_dict)
     path = cell_path(cfg, cell)
@@ -109,7 +109,7 @@ def run_cell(cfg_dict: dict, cell: dict) -> dict:
         run_cfg = cell_run_config(cfg, cell, assets)
         rows, data_stats = preference_rows(cfg, assets, rows_pairing(run_cfg))
         started, cpu_started = time.perf_counter(), time.process_time()
-        run_dir = train(run_cfg, data_source=rows)
+        run_dir = run_training(run_cfg, data_source=rows)
         train_seconds = time.perf_counter() - started
         summary = json.loads((run_dir / "train_summary.json").read_text())
         settings = cfg.task_settings(cell["task"])

@@ -33,7 +33,7 @@ def run_sweep(bench_cfg, task: str, *, loss: str = "dpo", parameter: str = "beta
               progress: bool = True, log=print) -> dict:
     """Train `loss` at each `parameter` value from the task's SFT model and fit the curve; writes
     sweep.json and sweep.png to the bench config's run directory."""
-    from preftune.train.loop import train
+    from preftune.train.runner import run_training
 
     run_dir = bench_cfg.run_dir
     log(f"[1/3] SFT model and on-policy pairs for {task} (seed {seed})")
@@ -53,7 +53,7 @@ def run_sweep(bench_cfg, task: str, *, loss: str = "dpo", parameter: str = "beta
                       "lr": bench_cfg.preference.lr or 1e-4, "seed": seed, "progress": progress, "log_every": 5},
             "diagnostics": {"every": every, "examples": 32, "prompts": prompts,
                             "samples_per_prompt": samples_per_prompt, "max_new_tokens": settings.max_new_tokens}})
-        run_dirs[value] = train(cfg, data_source=rows)
+        run_dirs[value] = run_training(cfg, data_source=rows)
     log("[3/3] fitting R(d) = d(alpha - beta log d)")
     points = sweep_points(run_dirs)
     start = next(p["gold_reward"] for p in points if p["step"] == 0)

@@ -70,7 +70,7 @@ def train_arithmetic_sft(folder: Path, progress: bool = True) -> Path:
     import dataclasses
 
     from preftune.models import save_tiny_model
-    from preftune.train.loop import train
+    from preftune.train.runner import run_training
 
     recipe = arithmetic_sft_recipe()
     print(f"building {BUILTIN_ARITHMETIC_SFT}: the built-in tiny model after the quickstart's SFT stage -> {folder}")
@@ -78,7 +78,7 @@ def train_arithmetic_sft(folder: Path, progress: bool = True) -> Path:
     cfg = dataclasses.replace(recipe, output_dir=str(folder / "{name}"),
                               model=dataclasses.replace(recipe.model, name_or_path=str(base)),
                               train=dataclasses.replace(recipe.train, progress=progress))
-    return train(cfg) / "model"
+    return run_training(cfg) / "model"
 
 
 register_builtin_model(BUILTIN_ARITHMETIC_SFT, arithmetic_sft)

@@ -579,7 +579,7 @@ def lora_config(section: LoraSection):
 def warm_start(cfg: OnlineConfig) -> str:
     """The SFT model the run starts from: the task's demonstrations, trained once with the offline
     loop and cached under $PREFTUNE_CACHE/online-warm-start/<hash of the settings>."""
-    from preftune.train.loop import train
+    from preftune.train.runner import run_training
 
     w = cfg.warm_start
     # A sample of the demonstrations stands for the task's content: changing the task changes the key.
@@ -590,13 +590,13 @@ def warm_start(cfg: OnlineConfig) -> str:
     root = Path(os.environ.get("PREFTUNE_CACHE", Path.home() / ".cache" / "preftune")) / "online-warm-start" / key
     if (root / "model" / "config.json").exists():
         return str(root / "model")
-    train(RunConfig(name=f"warm-start-{key}", output_dir=str(root), loss="sft", reference="none",
-                    model=replace(cfg.model, lora=LoraSection()),
-                    data=DataConfig(source=f"task:{cfg.task}", kind="sft", max_length=64, max_prompt_length=32,
-                                    task=TaskDataConfig(options=dict(cfg.task_options),
-                                                        demonstrations=w.demonstrations, noise=w.noise)),
-                    train=TrainConfig(steps=w.steps, batch_size=w.batch_size, lr=w.lr, warmup_ratio=0.1,
-                                      schedule="cosine", seed=cfg.train.seed, progress=cfg.train.progress)))
+    run_training(RunConfig(name=f"warm-start-{key}", output_dir=str(root), loss="sft", reference="none",
+                           model=replace(cfg.model, lora=LoraSection()),
+                           data=DataConfig(source=f"task:{cfg.task}", kind="sft", max_length=64, max_prompt_length=32,
+                                           task=TaskDataConfig(options=dict(cfg.task_options),
+                                                               demonstrations=w.demonstrations, noise=w.noise)),
+                           train=TrainConfig(steps=w.steps, batch_size=w.batch_size, lr=w.lr, warmup_ratio=0.1,
+                                             schedule="cosine", seed=cfg.train.seed, progress=cfg.train.progress)))
     (root / "warm_start.json").write_text(json.dumps(settings, indent=1))
     return str(root / "model")
 
