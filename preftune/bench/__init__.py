@@ -39,7 +39,7 @@ from preftune.bench.tables import (HEADLINE, README_END, README_INTRO, README_ST
                                    mean_std, method_taxonomy, write_readme)
 
 __all__ = [
-    "GUIDANCE_METHOD", "GUIDED_BY_DPO", "HEADLINE", "README_END", "README_INTRO", "README_START", "STARTS",
+    "_run_jobs", "GUIDANCE_METHOD", "GUIDED_BY_DPO", "HEADLINE", "README_END", "README_INTRO", "README_START", "STARTS",
     "BenchConfig", "BenchEvalSettings", "Entry", "PairSettings", "PreferenceSettings", "PretrainSettings",
     "SftSettings", "TaskSettings", "aggregate", "assets_dir", "aux_model", "base_model_dir", "bench_entries",
     "cell_id", "cell_path", "cell_run_config", "cell_run_dir", "digest", "format_markdown", "guidance_model",

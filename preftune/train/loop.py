@@ -255,7 +255,7 @@ def compute_objective(objective: Objective, policy, reference: Reference, batch,
     """Reference and auxiliary log-probs (no grad), policy log-probs, then the per-example losses.
 
     The reference comes from its cache when it has one, else from a forward. Log-probs take the
-    fast paths `fast` allows (all by default) where the model supports them (fastpath.py).
+    fast paths `fast` allows (all by default) where the model supports them (fastpath/).
     """
     reference_logps = None
     extras = dict(batch.extras)
