@@ -34,7 +34,11 @@ LAYERS = (
     # Pure objectives, their exact checks, and registries of what the library offers.
     ("methods", ("preftune.methods", "preftune.tabular", "preftune.rl.methods", "preftune.diffusion.methods",
                  "preftune.analysis_tools",
-                 "preftune.eval.search")),  # beam search over any next-token function (r2q's exact check)
+                 "preftune.eval.search",  # beam search over any next-token function (r2q's exact check)
+                 # RL's pure primitives and estimators (rl/__init__.py): advantages, exact soft-optimal
+                 # values, MCTS trees, reasoning steps, the lot-sizing environment and its exact DP.
+                 "preftune.rl.advantages", "preftune.rl.exact", "preftune.rl.tree", "preftune.rl.segment",
+                 "preftune.rl.lot_sizing", "preftune.rl.lot_sizing_dp", "preftune.rl.lot_sizing_checks")),
     # Tensors in, tensors out; the package root holds only its version.
     ("tensors", ("preftune.logps", "preftune.fastpath", "preftune.data", "preftune.records", "preftune")),
 )
@@ -95,10 +99,10 @@ def imports_of(name: str, path: Path, known: dict[str, Path]) -> set[str]:
 
 
 def method_package_edges() -> set[tuple[str, str]]:
-    """The method registry imports the family method packages it discovers by name (registry.py)."""
+    """preftune.methods imports the family method packages it registers by name (registry.METHOD_PACKAGES)."""
     from preftune.methods import registry
 
-    return {("preftune.methods.registry", name) for name in getattr(registry, "METHOD_PACKAGES", ())}
+    return {("preftune.methods", name) for name in registry.METHOD_PACKAGES}
 
 
 @functools.lru_cache(maxsize=None)
@@ -243,8 +247,8 @@ def test_the_package_root_imports_nothing():
 
 
 def test_the_registry_finds_family_method_packages_and_skips_missing_ones(tmp_path, monkeypatch):
-    """A family's `methods` package registers its losses when the registry first looks a method up;
-    a family that does not exist is skipped, and a real missing dependency is not hidden."""
+    """A family's `methods` package registers its losses when imported with preftune.methods; a family
+    that does not exist is skipped, and a real missing dependency is not hidden."""
     from preftune.methods import registry
 
     family = tmp_path / "fakefamily" / "methods"
@@ -262,14 +266,12 @@ def test_the_registry_finds_family_method_packages_and_skips_missing_ones(tmp_pa
     (tmp_path / "brokenfamily" / "methods.py").write_text("import no_such_dependency_anywhere\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
-    monkeypatch.setattr(registry, "_loaded_packages", set())
-    monkeypatch.setattr(registry, "METHOD_PACKAGES", ("preftune.no_such_family.methods", "fakefamily.methods"))
+    registry.load_method_packages(("preftune.no_such_family.methods", "fakefamily.methods"))
     assert registry.get("fake_family_loss").family == "test"
     assert "fake_family_loss" in [m.name for m in registry.all_methods()]
-    monkeypatch.setattr(registry, "_loaded_packages", set())
-    monkeypatch.setattr(registry, "METHOD_PACKAGES", ("brokenfamily.methods",))
     with pytest.raises(ModuleNotFoundError, match="no_such_dependency_anywhere"):
-        registry.all_methods()
+        registry.load_method_packages(("brokenfamily.methods",))
+    assert "grpo" in [m.name for m in registry.all_methods()]  # preftune/rl/methods, through METHOD_PACKAGES
 
 
 def test_no_module_is_over_500_lines():
@@ -286,7 +288,8 @@ def test_the_architecture_page_draws_this_table():
     for _, prefixes in LAYERS:
         for prefix in prefixes:
             path = prefix.removeprefix("preftune.").replace(".", "/")
-            path = "<family>/methods/" if path in ("rl/methods", "diffusion/methods") else path
+            if path.startswith(("rl/", "diffusion/")):  # a family's pure parts: named on the page by module
+                path = "<family>/methods/" if path.endswith("/methods") else path.split("/")[1]
             if prefix != "preftune" and path not in section:
                 missing.append(path)
     assert not missing, f"docs/architecture.md's layer table lacks {missing}"

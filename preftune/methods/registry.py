@@ -8,8 +8,8 @@ defaults, so the signature is the single source of truth for names and defaults.
 
 Methods of other families live beside their loops, in a `methods` subpackage of the family
 (`preftune/rl/methods/`, `preftune/diffusion/methods/`) that registers its losses here when
-imported. METHOD_PACKAGES names those subpackages; `get` and `all_methods` import them on first
-use, skipping a family that does not exist, so the registry never imports a loop.
+imported. METHOD_PACKAGES names those subpackages, and importing preftune.methods imports them
+(`load_method_packages`), skipping a family that does not exist; the registry never imports a loop.
 """
 from __future__ import annotations
 
@@ -129,24 +129,22 @@ def _jsonable(value: Any) -> Any:
 
 _REGISTRY: dict[str, MethodSpec] = {}
 
-# Method packages outside preftune/methods/ (which registers its own files when imported). A family
-# adds its `methods` subpackage here; it sits on the methods layer (tests/test_layers.py), and its
-# parent package's __init__ must stay light (no loop imports), since importing it runs that first.
+# Method packages outside preftune/methods/ (which imports its own files): each family keeps its pure
+# losses in a `methods` subpackage that registers them here when imported. preftune/methods/__init__.py
+# imports these after its own files, skipping a family that does not exist. They sit on the methods
+# layer (tests/test_layers.py), and a family's own __init__.py must stay light (no loop imports),
+# since importing its methods subpackage runs it first.
 METHOD_PACKAGES = ("preftune.rl.methods", "preftune.diffusion.methods")
-_loaded_packages: set[str] = set()
 
 
-def load_method_packages() -> None:
-    """Import every family method package that exists (once), so that its methods are registered."""
-    for name in METHOD_PACKAGES:
-        if name in _loaded_packages:
-            continue
+def load_method_packages(names: tuple[str, ...] = METHOD_PACKAGES) -> None:
+    """Import every family method package in `names` that exists, so that its methods are registered."""
+    for name in names:
         try:
             importlib.import_module(name)
         except ModuleNotFoundError as error:  # the family (or its methods) is not there: nothing to register
             if not error.name or not (name == error.name or name.startswith(error.name + ".")):
                 raise
-        _loaded_packages.add(name)
 
 
 def register(*, name: str, seed: str | None, family: str, input_kind: str, needs_reference: bool,
@@ -213,14 +211,11 @@ def tabular_check(name: str):
 
 def get(name: str) -> MethodSpec:
     if name not in _REGISTRY:
-        load_method_packages()
-    if name not in _REGISTRY:
         raise KeyError(f"unknown method '{name}'; registered methods: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]
 
 
 def all_methods() -> list[MethodSpec]:
-    load_method_packages()
     return [_REGISTRY[k] for k in sorted(_REGISTRY)]
 
 
