@@ -15,10 +15,11 @@ class PreparedData:
     kind: str
     report: LoadReport
     truncation: dict = field(default_factory=dict)
+    origin: dict = field(default_factory=dict)  # how the rows were made, e.g. {"task": sampling statistics}
 
     def summary(self) -> dict:
         return {"kind": self.kind, "train_examples": len(self.train), "eval_examples": len(self.eval),
-                "load": self.report.as_dict(), "truncation": self.truncation}
+                "load": self.report.as_dict(), "truncation": self.truncation, **self.origin}
 
 
 # Which data kinds each objective input kind can train on (pairs are split for pointwise methods).
@@ -30,10 +31,8 @@ def prepare_data(data_cfg, tokenizer, input_kind: str, seed: int = 0, source=Non
     """Load, validate, adapt and tokenize. `source` overrides data_cfg.source (e.g. an in-memory list)."""
     source = data_cfg.source if source is None else source
     if input_kind not in COMPATIBLE:  # "rollout": preftune/rl trains on its own samples; diffusion kinds: images
-        from preftune.methods.registry import DIFFUSION_INPUT_KINDS
-
-        command = ("preftune diffusion train --config configs/diffusion/<method>.yaml"
-                   if input_kind in DIFFUSION_INPUT_KINDS else "preftune rl --config configs/rl/<method>.yaml")
+        command = ("preftune rl --config configs/rl/<method>.yaml" if input_kind == "rollout"
+                   else "preftune diffusion train --config configs/diffusion/<method>.yaml")
         raise DataError(f"the objective takes {input_kind} data, which `preftune train` does not read: "
                         f"train it with `{command}`")
     if source in ("", None):

@@ -95,7 +95,7 @@ class Evaluator:
         return metrics
 
     def _reference_call(self):
-        from preftune.diffusion.train import reference_call
+        from preftune.diffusion.models import reference_call
 
         return None if self.reference is None else reference_call(self.reference, self.model)
 

@@ -192,6 +192,19 @@ def load_diffusion_model(name_or_path: str, dtype: torch.dtype = torch.float32, 
     return DiffusionModel(network, Schedule.from_scheduler(scheduler), path, sample_argument(network), shape, task=task)
 
 
+def reference_call(reference, model: DiffusionModel, unwrap=lambda m: m):
+    """The reference network (a preftune.models.Reference) as a call (x_t, time, cond) -> prediction,
+    or None without a reference. A LoRA-disabled reference disables the adapters only for its own
+    forward, so the policy's forward in the same step keeps them."""
+    if reference.kind == "none":
+        return None
+
+    def call(x_t, time, cond):
+        with reference.model(unwrap) as network:
+            return model.call(network)(x_t, time, cond)
+    return call
+
+
 def _network_class(name: str):
     import diffusers
 

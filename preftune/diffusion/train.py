@@ -109,7 +109,7 @@ def train_diffusion(cfg: DiffusionConfig, resume: str | bool | None = None, on_s
     from accelerate.utils import set_seed
 
     from preftune.diffusion.evaluate import Evaluator
-    from preftune.diffusion.models import load_diffusion_model, save_network
+    from preftune.diffusion.models import load_diffusion_model, reference_call, save_network
     from preftune.diffusion.online import sampler_settings
     from preftune.diffusion.rewards import build_reward
     from preftune.models import LoraSettings, add_lora, resolve_dtype
@@ -243,18 +243,3 @@ def train_diffusion(cfg: DiffusionConfig, resume: str | bool | None = None, on_s
     accelerator.wait_for_everyone()
     release_accelerator()
     return run_dir
-
-
-def reference_call(reference, model, unwrap=lambda m: m):
-    """The reference network as a call (x_t, time, cond) -> prediction, or None without a reference.
-
-    A LoRA-disabled reference disables the adapters only for its own forward, so the policy's
-    forward in the same step keeps them.
-    """
-    if reference.kind == "none":
-        return None
-
-    def call(x_t, time, cond):
-        with reference.model(unwrap) as network:
-            return model.call(network)(x_t, time, cond)
-    return call

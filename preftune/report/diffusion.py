@@ -3,7 +3,7 @@
 - `save_sample_grid`: images tiled into one PNG; 2-D toy samples as a scatter over the data's modes;
   toy videos as their frame-to-frame paths.
 - `plot_reward_curves`: the evaluation metrics (reward, target fraction, on-manifold fraction, KL proxy,
-  implicit accuracy) and the training loss against step, from metrics.jsonl.
+  implicit accuracy) and the training loss against step, from the rows of metrics.jsonl.
 - `diffusion_section`: what `preftune report RUN_DIR` shows for a `preftune diffusion train` run.
 """
 from __future__ import annotations
@@ -15,7 +15,6 @@ from pathlib import Path
 import torch
 
 from preftune.report.plots import plt, save_figure
-from preftune.train.metrics import read_metrics
 
 CURVES = [("reward", ["eval/reward"]), ("target fraction / on manifold", ["eval/target_fraction", "eval/on_manifold"]),
           ("KL proxy", ["eval/kl_proxy"]), ("implicit accuracy", ["eval/implicit_accuracy", "accuracy"]),
@@ -66,8 +65,8 @@ def save_sample_grid(samples: torch.Tensor, task, path: Path, conditions=None, t
     return save_figure(fig, path)
 
 
-def plot_reward_curves(run_dir: Path, path: Path) -> Path | None:
-    rows = read_metrics(run_dir)
+def plot_reward_curves(rows: list[dict], path: Path) -> Path | None:
+    """The rows of a run's metrics.jsonl drawn against step (eval metrics as points, loss as a line)."""
     panels = [(title, keys) for title, keys in CURVES if any(k in r for r in rows for k in keys)]
     if not panels:
         return None
@@ -85,7 +84,8 @@ def plot_reward_curves(run_dir: Path, path: Path) -> Path | None:
     return save_figure(fig, path)
 
 
-def diffusion_section(page, run_dir: Path, plots: Path) -> None:
+def diffusion_section(page, run_dir: Path, plots: Path, rows: list[dict]) -> None:
+    """The report section of a diffusion run; rows: its metrics.jsonl."""
     summary = json.loads((run_dir / "diffusion_summary.json").read_text())
     page.heading(f"Diffusion: {summary['objective']} on {summary['model']}")
     page.mapping({"objective": summary["objective"], "input kind": summary["kind"], "steps": summary["steps"],
@@ -96,7 +96,7 @@ def diffusion_section(page, run_dir: Path, plots: Path) -> None:
         page.table(["metric", "start", "end", "change"],
                    [[k.removeprefix("eval/"), before[k], after[k], after[k] - before[k]] for k in keys],
                    "evaluation on fixed noise (deterministic sampler)")
-    page.image(plot_reward_curves(run_dir, plots / "diffusion_curves.png"), "reward and evaluation curves")
+    page.image(plot_reward_curves(rows, plots / "diffusion_curves.png"), "reward and evaluation curves")
     grids = sorted((run_dir / "samples").glob("step-*.png")) if (run_dir / "samples").exists() else []
     for grid in ([grids[0], grids[-1]] if len(grids) > 1 else grids):
         page.paragraph(f"samples at {grid.stem}")
