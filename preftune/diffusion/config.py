@@ -26,10 +26,11 @@ class ToyDataConfig:
 
     prompts: int = 256                   # conditions (one group of samples each; unconditional toys: groups)
     samples_per_prompt: int = 2          # pairs: 2; lists: k
-    pairing: str = "best-worst"          # best-worst | random (the order of a random pair follows the reward)
+    pairing: str = "best-worst"          # best-worst | random: two base samples ordered by reward (the same for k = 2);
+                                         # structural: StructuralDPO pairs (flow models); control: CPO's draws as image pairs
     positives: int = 0                   # unpaired kinds: expert / positive / real samples (0: as many as pairs)
     label: str = "reward"                # unpaired: reward (top half positive) | target (the toy's own hit test) | data
-    eta: float = 0.5                     # partial noising for segment pairs (StructuralDPO) and CPO's control shift
+    eta: float = 0.5                     # partial noising of structural pairs; the control shift of CPO's pairs
     steps: int = 20                      # sampler steps for the base samples
 
 

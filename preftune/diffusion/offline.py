@@ -43,6 +43,18 @@ def pair_unpaired(examples: list[Example], seed: int) -> list[Example]:
     return pairs
 
 
+def lists_to_pairs(examples: list[Example]) -> list[Example]:
+    """Each scored list as its best and worst sample (the usual conversion for a pairwise method)."""
+    pairs = []
+    for ex in examples:
+        best = max(range(len(ex.scores)), key=ex.scores.__getitem__)
+        worst = min(range(len(ex.scores)), key=ex.scores.__getitem__)
+        if ex.scores[best] > ex.scores[worst]:
+            pairs.append(Example(ex.condition, [ex.samples[best], ex.samples[worst]], ex.origin,
+                                 [ex.scores[best], ex.scores[worst]]))
+    return pairs
+
+
 def stack_conditions(examples: list[Example]):
     conditions = [ex.condition for ex in examples]
     if all(c is None for c in conditions):

@@ -56,6 +56,8 @@ def toy_examples(kind: str, cfg, model, network, reward, seed: int, method: str 
         return structural_pairs(model, network, reward, cfg, g, per_segment=False)
     if kind == "segment-pairs":
         return structural_pairs(model, network, reward, cfg, g, per_segment=True)
+    if kind == "image-pairs" and cfg.pairing == "control":
+        return control_image_pairs(task, cfg, g)
     if kind in ("image-pairs", "image-lists"):
         k = 2 if kind == "image-pairs" else cfg.samples_per_prompt
         x, scores, conditions = ranked_groups(model, network, reward, cfg, g, k)
@@ -122,6 +124,14 @@ def condition_pairs(task, cfg, g) -> list[Example]:
     return [Example(None, [_ref(x[i], i, "image")], f"toy condition pair {i}",
                     extras={"controls": [_ref(controls[i], i, "control_chosen"), _ref(shifted[i], i, "control_rejected")]})
             for i in range(cfg.prompts)]
+
+
+def control_image_pairs(task, cfg, g) -> list[Example]:
+    """The image-pair counterpart of `condition_pairs` (same draws): under the true control c, the data
+    point x is preferred to x + delta, the point that fits the shifted control c + delta."""
+    return [Example(ex.extras["controls"][0].value, [ex.samples[0], _ref(ex.samples[0].value + (
+        ex.extras["controls"][1].value - ex.extras["controls"][0].value), i, "image_1")], ex.origin)
+        for i, ex in enumerate(condition_pairs(task, cfg, g))]
 
 
 @torch.no_grad()

@@ -67,7 +67,7 @@ def make_source(cfg: DiffusionConfig, kind: str, model, network, reward, acceler
     """Where a step's micro-batches come from: rollouts for the online kinds, else the examples of a
     data file or made from the toy base model, in the order of the batch plan."""
     from preftune.diffusion.data import load_examples
-    from preftune.diffusion.offline import OfflineSource, pair_unpaired
+    from preftune.diffusion.offline import OfflineSource, lists_to_pairs, pair_unpaired
     from preftune.diffusion.online import SOURCES
     from preftune.train.plan import BatchPlan
 
@@ -79,7 +79,8 @@ def make_source(cfg: DiffusionConfig, kind: str, model, network, reward, acceler
         if model.task is None:
             raise ValueError("data.source: toy needs a toy model (builtin:toy-<name>)")
         if kind not in ONLINE_KINDS or kind == "expert-online":
-            examples = toy_examples(kind, cfg.data.toy, model, network, reward, cfg.train.seed)
+            examples = toy_examples(data_kind if kind != "expert-online" else kind, cfg.data.toy, model, network, reward,
+                                    cfg.train.seed)
     elif cfg.data.source:
         wanted = "prompts" if kind in ONLINE_KINDS and kind != "expert-online" else data_kind
         examples, loaded = load_examples(cfg.data.source, wanted, cfg.data.on_bad_row, cfg.data.split, cfg.data.limit,
@@ -91,8 +92,12 @@ def make_source(cfg: DiffusionConfig, kind: str, model, network, reward, acceler
             if kind == "expert-online" else {}
         source = SOURCES[kind](kind, model, reward, cfg, accelerator.process_index, prompts, **extra)
         return source, [], report
-    if kind == "unpaired":
+    if data_kind == "unpaired":   # positives and negatives (DSO, DDO; or DPO on the same sets)
         examples = pair_unpaired(examples, cfg.train.seed)
+    elif data_kind == "image-lists" and kind == "image-pairs":   # a pairwise method on ranked lists
+        examples = lists_to_pairs(examples)
+    if cfg.data.source == "toy":   # a file's rows are limited as they are read; toy rows once made
+        examples = examples[: cfg.data.limit]
     held = int(round(cfg.data.eval_fraction * len(examples))) if len(examples) > 10 else 0
     order = torch.randperm(len(examples), generator=generator(cfg.train.seed, "held-out split")).tolist()
     eval_examples = [examples[i] for i in order[:held]]
