@@ -61,6 +61,10 @@ def write_image_data(root: Path, kind: str, rows: int = 8) -> Path:
             lines.append({"image": bright, "control_chosen": caption, "control_rejected": captions[(i + 1) % 4]})
         elif kind == "prompts":
             lines.append({"caption": caption})
+        elif kind == "segment-pairs":   # two 2-frame videos: frame 0 better in video 0, frame 1 in video 1
+            frames = [write_png(root / f"{kind}-{i}-f{j}.png", 0.3 + 0.4 * j, 300 + 4 * i + j) for j in range(4)]
+            lines.append({"caption": caption, "video_0": [frames[1], frames[0]], "video_1": [frames[0], frames[3]],
+                          "segment_labels": [1, -1]})
         else:
             raise ValueError(kind)
     path = root / f"{kind}.jsonl"

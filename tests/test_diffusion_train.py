@@ -101,29 +101,63 @@ def test_lora_run_keeps_the_base_and_uses_it_as_reference(tmp_path, toys):
     assert any(not torch.equal(base[k], tuned[k]) for k in base)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("kind, recipe", [("sd", "diffusion_dpo"), ("sd", "d3po"), ("sd3", "awm")])
-def test_a_diffusers_pipeline_samples_from_a_tuned_model(kind, recipe, tmp_path):
-    import diffusers
+# Each recipe on a tiny random diffusers pipeline: eps methods on Stable Diffusion (UNet2DConditionModel),
+# flow methods on SD3 (SD3Transformer2DModel), DenseDPO on a text-to-video UNet3DConditionModel.
+PIPELINE_CASES = {"diffusion_dpo": ("sd", "image-pairs"), "smpo": ("sd", "image-pairs"), "rankdpo": ("sd", "image-lists"),
+                  "ddo": ("sd", "unpaired"), "cpo": ("sd", "condition-pairs"), "diffusion_dro": ("sd", "unpaired"),
+                  "d3po": ("sd", "prompts"), "dso_dro": ("sd3", "unpaired"), "awm": ("sd3", "prompts"),
+                  "ddpo": ("sd3", "prompts"), "flow_grpo": ("sd3", "prompts"), "dense_dpo": ("video", "segment-pairs")}
 
+
+@pytest.fixture(scope="module")
+def pipelines(tmp_path_factory):
     from preftune.diffusion.tiny import save_tiny_pipeline
 
-    pipeline_dir = save_tiny_pipeline(tmp_path / f"tiny-{kind}", kind)
-    data = write_image_data(tmp_path / "data", "image-pairs" if recipe == "diffusion_dpo" else "prompts")
+    root = tmp_path_factory.mktemp("pipelines")
+    return {kind: save_tiny_pipeline(root / kind, kind) for kind in ("sd", "sd3", "video")}
+
+
+def test_every_recipe_has_a_pipeline_case():
+    assert set(PIPELINE_CASES) == set(RECIPES)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", sorted(PIPELINE_CASES))
+def test_recipe_trains_a_tiny_diffusers_pipeline_that_then_samples(recipe, tmp_path, pipelines):
+    import diffusers
+
+    kind, data_kind = PIPELINE_CASES[recipe]
+    data = write_image_data(tmp_path / "data", data_kind)
     cfg = load_diffusion_config(REPO / "configs" / "diffusion" / f"{recipe}.yaml",
-                                [f"--model.name_or_path={pipeline_dir}", f"--output_dir={tmp_path}/{{name}}",
+                                [f"--model.name_or_path={pipelines[kind]}", f"--output_dir={tmp_path}/{{name}}",
                                  f"--data.source={data}", "--reward=brightness", "--train.steps=2",
                                  "--train.batch_size=2", "--train.checkpoint_every=0", "--eval.samples=4",
                                  "--eval.steps=2", "--rollout.prompts=2", "--rollout.group_size=2", "--rollout.steps=2",
-                                 "--data.eval_fraction=0", "--train.progress=false"])
+                                 "--data.eval_fraction=0", "--train.progress=false",
+                                 *(["--model.frames=2"] if kind == "video" else [])])
     run = train_diffusion(cfg)
     index = json.loads((run / "model" / "model_index.json").read_text())
     absent = {k: None for k, v in index.items() if isinstance(v, list) and v and v[0] is None}
     pipe = diffusers.DiffusionPipeline.from_pretrained(str(run / "model"), **absent)
-    tuned = getattr(pipe, "unet" if kind == "sd" else "transformer").state_dict()
-    base = getattr(diffusers.DiffusionPipeline.from_pretrained(str(pipeline_dir), **absent),
-                   "unet" if kind == "sd" else "transformer").state_dict()
-    assert any(not torch.equal(base[k], tuned[k]) for k in base)
-    images = pipe("a red circle", num_inference_steps=2, height=16, width=16, output_type="np",
-                  generator=torch.Generator().manual_seed(0)).images
-    assert images.shape == (1, 16, 16, 3) and float(abs(images).sum()) > 0
+    component = "transformer" if kind == "sd3" else "unet"
+    base = getattr(diffusers.DiffusionPipeline.from_pretrained(str(pipelines[kind]), **absent), component).state_dict()
+    tuned = getattr(pipe, component).state_dict()
+    assert any(not torch.equal(base[k], tuned[k]) for k in base), f"{recipe}: the pipeline's network did not move"
+    video = {"num_frames": 2} if kind == "video" else {}
+    out = pipe("a red circle", num_inference_steps=2, height=16, width=16, output_type="np",
+               generator=torch.Generator().manual_seed(0), **video)
+    images = out.frames if kind == "video" else out.images
+    assert images.shape[-3:] == (16, 16, 3) and float(abs(images).sum()) > 0
+
+
+@pytest.mark.slow
+def test_toy_b_digits_trains_on_its_classifier_reward(tmp_path, toys):
+    """Toy B: 8x8 digits, class-conditional, log p_clf(c | x) as the reward (an image-shaped toy)."""
+    cfg = load_diffusion_config(REPO / "configs" / "diffusion" / "diffusion_dpo.yaml",
+                                [f"--model.name_or_path={quick_toy(toys, 'digits')}", f"--output_dir={tmp_path}/{{name}}",
+                                 *SMALL])
+    run = train_diffusion(cfg)
+    summary = json.loads((run / "diffusion_summary.json").read_text())
+    assert summary["reward"] == "toy:digits" and summary["eval"]["eval/reward"] <= 0   # a log-probability
+    assert 0 <= summary["eval"]["eval/target_fraction"] <= 1
+    assert (run / "samples" / "step-0000003.png").exists()

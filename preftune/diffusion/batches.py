@@ -65,6 +65,7 @@ class NoisePlan:
     draws: int = 6                   # sample-groups: J
     noise: float = 1.0               # step kinds: DDIM eta / flow noise level of the stored transitions
     keep_prediction: bool = False
+    frame_dim: int = 1               # segment-pairs: the frame axis of a batch of samples
 
 
 def generator(*parts) -> torch.Generator:
@@ -97,7 +98,8 @@ def _errors(call: Callable, x_t: Tensor, cond, t: Tensor, target: Tensor, plan: 
     segment_error = None
     if segments:
         squared = (prediction.float() - target.float()) ** 2
-        segment_error = segment_errors(squared, frame_segments(squared.shape[1], segments)).reshape(b, k, segments)
+        frames = squared.shape[plan.frame_dim]
+        segment_error = segment_errors(squared, frame_segments(frames, segments), plan.frame_dim).reshape(b, k, segments)
     return Denoise(error.reshape(b, k), segment_error,
                    prediction.reshape(b, k, *prediction.shape[1:]) if plan.keep_prediction else None,
                    plan.schedule.level(t).reshape(b, k))

@@ -17,6 +17,7 @@ from preftune.config import LoraConfig, TrainConfig, read_recipe, with_overrides
 class DiffusionModelConfig:
     name_or_path: str = "builtin:toy-gmm"   # a pipeline dir, a denoiser dir (denoiser/ + scheduler/), builtin:toy-<name>
     dtype: str = "float32"                  # weights: float32 or bfloat16
+    frames: int = 0                         # video networks (UNet3DConditionModel): frames per sample
     lora: LoraConfig = field(default_factory=LoraConfig)
 
 

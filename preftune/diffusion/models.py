@@ -65,6 +65,7 @@ class DiffusionModel:
     task: Any = None                # a ToyTask for toy models
     pipeline: Any = None            # the diffusers pipeline (text encoders, VAE) for pipeline directories
     component: str = "denoiser"     # unet | transformer | denoiser
+    frames: int = 0                 # a video network's frames per sample (its samples are (C, F, h, w))
 
     @property
     def pixel_shape(self) -> tuple[int, ...]:
@@ -73,8 +74,14 @@ class DiffusionModel:
         if vae is None:
             return self.sample_shape
         factor = 2 ** (len(vae.config.block_out_channels) - 1)
-        _, height, width = self.sample_shape
-        return (vae.config.in_channels, height * factor, width * factor)
+        height, width = self.sample_shape[-2:]
+        image = (vae.config.in_channels, height * factor, width * factor)
+        return (self.frames, *image) if self.frames else image
+
+    @property
+    def frame_dim(self) -> int:
+        """Where the frames are in a batch of samples: (N, F, ...) for toy videos, (N, C, F, h, w) for video networks."""
+        return 2 if self.frames and self.pipeline is not None else 1
 
     @property
     def conditioning(self) -> str:
@@ -120,8 +127,12 @@ class DiffusionModel:
         vae = getattr(self.pipeline, "vae", None)
         if vae is None:
             return images
-        latents = vae.encode(images.to(vae.dtype)).latent_dist.mean
         shift = getattr(vae.config, "shift_factor", None) or 0.0
+        if self.frames:   # (N, F, 3, H, W): each frame through the VAE, then (N, C, F, h, w)
+            latents = vae.encode(images.flatten(0, 1).to(vae.dtype)).latent_dist.mean
+            latents = latents.reshape(images.shape[0], self.frames, *latents.shape[1:]).transpose(1, 2)
+        else:
+            latents = vae.encode(images.to(vae.dtype)).latent_dist.mean
         return ((latents - shift) * vae.config.scaling_factor).float()
 
     @torch.no_grad()
@@ -131,7 +142,9 @@ class DiffusionModel:
         if vae is None:
             return x0
         shift = getattr(vae.config, "shift_factor", None) or 0.0
-        return vae.decode((x0 / vae.config.scaling_factor + shift).to(vae.dtype)).sample.float().clamp(-1, 1)
+        latents = x0.transpose(1, 2).flatten(0, 1) if self.frames else x0   # video: (N, C, F, h, w) -> frames
+        pixels = vae.decode((latents / vae.config.scaling_factor + shift).to(vae.dtype)).sample.float().clamp(-1, 1)
+        return pixels.reshape(x0.shape[0], self.frames, *pixels.shape[1:]) if self.frames else pixels
 
 
 @torch.no_grad()
@@ -146,8 +159,10 @@ def encode_captions(pipeline, captions: list[str], device=None) -> dict:
     return {"encoder_hidden_states": embeds}
 
 
-def load_diffusion_model(name_or_path: str, dtype: torch.dtype = torch.float32, progress: bool = True) -> DiffusionModel:
-    """Load a pipeline directory, a denoiser directory or a builtin toy (see the module docstring)."""
+def load_diffusion_model(name_or_path: str, dtype: torch.dtype = torch.float32, progress: bool = True,
+                         frames: int = 0) -> DiffusionModel:
+    """Load a pipeline directory, a denoiser directory or a builtin toy (see the module docstring).
+    frames: the frames per sample of a video network (UNet3DConditionModel)."""
     import diffusers
 
     from preftune.diffusion.toy_models import resolve_toy
@@ -172,9 +187,12 @@ def load_diffusion_model(name_or_path: str, dtype: torch.dtype = torch.float32, 
         config = network.config
         channels = config.get("in_channels")
         size = config.get("sample_size")
-        shape = (channels, size, size)
+        video = "3D" in type(network).__name__
+        if video and frames < 1:
+            raise ValueError(f"{path}: {type(network).__name__} denoises videos: set model.frames (frames per sample)")
+        shape = (channels, frames, size, size) if video else (channels, size, size)
         return DiffusionModel(network, schedule, path, sample_argument(network), shape, pipeline=pipeline,
-                              component=component)
+                              component=component, frames=frames if video else 0)
     if not (path / "denoiser").is_dir() or not (path / "scheduler").is_dir():
         raise FileNotFoundError(f"{path}: not a model directory (no model_index.json, and no denoiser/ + scheduler/)")
     config = json.loads((path / "denoiser" / "config.json").read_text())

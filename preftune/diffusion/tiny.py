@@ -3,7 +3,8 @@
 - `save_tiny_pipeline(path, "sd")`: a StableDiffusionPipeline (UNet2DConditionModel, AutoencoderKL,
   CLIPTextModel, DDIM scheduler, eps-prediction) at 16x16 pixels / 8x8 latents;
 - `save_tiny_pipeline(path, "sd3")`: a StableDiffusion3Pipeline (SD3Transformer2DModel, two
-  CLIPTextModelWithProjection encoders, no T5, FlowMatchEulerDiscreteScheduler): a flow model.
+  CLIPTextModelWithProjection encoders, no T5, FlowMatchEulerDiscreteScheduler): a flow model;
+- `save_tiny_pipeline(path, "video")`: a TextToVideoSDPipeline (UNet3DConditionModel): videos.
 The tokenizers are the byte-level tokenizer of the built-in LM (no download). They exist to run the
 real code path (from_pretrained, VAE latents, encode_prompt, a diffusers pipeline sampling from a
 tuned model) in seconds on a CPU; they generate noise.
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-KINDS = ("sd", "sd3")
+KINDS = ("sd", "sd3", "video")
 
 
 def _tokenizer():
@@ -51,6 +52,15 @@ def build_tiny_pipeline(kind: str = "sd", seed: int = 0):
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         tokenizer = _tokenizer()
+        if kind == "video":
+            unet = diffusers.UNet3DConditionModel(
+                sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(8, 16),
+                down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"), up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
+                cross_attention_dim=16, norm_num_groups=4, attention_head_dim=4)
+            scheduler = diffusers.DDIMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
+                                                beta_end=0.012, clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+            return diffusers.TextToVideoSDPipeline(vae=_vae(), text_encoder=_clip(tokenizer, False), tokenizer=tokenizer,
+                                                   unet=unet, scheduler=scheduler)
         if kind == "sd":
             unet = diffusers.UNet2DConditionModel(
                 sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(8, 16),

@@ -87,7 +87,7 @@ def make_source(cfg: DiffusionConfig, kind: str, model, network, reward, acceler
                                          cfg.data.image_root)
         report = loaded.as_dict()
     if kind in ONLINE_KINDS:
-        prompts = [ex.condition for ex in examples] if kind != "expert-online" and examples else None
+        prompts = [ex.condition for ex in examples if isinstance(ex.condition, str)] or None  # captions to sample
         extra = {"experts": [ex for ex in examples if ex.extras.get("label", True)], "network": network} \
             if kind == "expert-online" else {}
         source = SOURCES[kind](kind, model, reward, cfg, accelerator.process_index, prompts, **extra)
@@ -132,7 +132,8 @@ def train_diffusion(cfg: DiffusionConfig, resume: str | bool | None = None, on_s
     objective = diffusion_objective(cfg.loss)
     kind = objective.input_kind
     dtype = resolve_dtype(cfg.model.dtype)
-    model = load_diffusion_model(cfg.model.name_or_path, dtype, progress=main and cfg.train.progress)
+    model = load_diffusion_model(cfg.model.name_or_path, dtype, progress=main and cfg.train.progress,
+                                 frames=cfg.model.frames)
     network = model.network
     if model.pipeline is not None:
         model.pipeline.to(accelerator.device)
@@ -146,6 +147,7 @@ def train_diffusion(cfg: DiffusionConfig, resume: str | bool | None = None, on_s
     reward = build_reward(cfg.reward, model.task, accelerator.device)
     sampler, sampler_noise = sampler_settings(model.schedule, cfg.rollout)
     plan = noise_plan(cfg, objective, model.schedule, sampler_noise)
+    plan.frame_dim = model.frame_dim
 
     # --- on what data
     source, eval_examples, data_report = make_source(cfg, kind, model, network, reward, accelerator)

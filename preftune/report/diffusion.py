@@ -42,6 +42,11 @@ def save_sample_grid(samples: torch.Tensor, task, path: Path, conditions=None, t
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     samples = samples.detach().float().cpu()
+    if samples.dim() == 5:                                   # videos (N, F, C, H, W): one row of frames each
+        image = tile(samples[:8].flatten(0, 1), columns=samples.shape[1])
+        scale = max(1, 256 // max(image.size))
+        image.resize((image.size[0] * scale, image.size[1] * scale), resample=0).save(path)
+        return path
     if samples.dim() == 4:                                   # images
         image = tile(samples[:64])
         scale = max(1, 256 // max(image.size))

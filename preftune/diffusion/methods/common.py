@@ -29,8 +29,12 @@ def require_samples(record: Denoise | Steps, k: int, method: str) -> None:
 
 
 def ppo_clip_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, clip: float) -> Tensor:
-    """PPO's clipped surrogate, elementwise: max(-A r, -A clip(r, 1 - clip, 1 + clip)), r = exp(logp - old)."""
-    ratio = torch.exp(logp - old_logp)
+    """PPO's clipped surrogate, elementwise: max(-A r, -A clip(r, 1 - clip, 1 + clip)), r = exp(logp - old).
+
+    The log-ratio is capped at 30 before exp (r ~ 1e13) so that a step with a tiny std cannot overflow
+    to inf and turn the gradient into nan; below the cap the values are PPO's exactly.
+    """
+    ratio = torch.exp((logp - old_logp).clamp(max=30.0))
     return torch.maximum(-advantages * ratio, -advantages * ratio.clamp(1 - clip, 1 + clip))
 
 

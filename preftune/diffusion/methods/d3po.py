@@ -1,6 +1,8 @@
 """D3PO (Yang et al., CVPR 2024, arXiv 2311.13231): DPO on each denoising step of two trajectories (diffusion.md §2)."""
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -44,14 +46,15 @@ def d3po(policy: Steps, reference: Steps, *, preference: Tensor, beta: float = 0
     """
     require_samples(policy, 2, "d3po")
     raw = policy.logp - reference.logp
-    ratio = raw.exp()
-    log_ratio = raw if clip == float("inf") else ratio.clamp(1 - clip, 1 + clip).log()
+    # log clamp(r, 1 - clip, 1 + clip) = clamp(log r, log(1 - clip), log(1 + clip)): the same values, and no
+    # 0 * inf gradient when a step with a tiny std makes exp(log r) overflow.
+    log_ratio = raw if clip == float("inf") else raw.clamp(math.log(1 - clip), math.log(1 + clip))
     signs = torch.stack([preference, -preference], dim=-1).to(log_ratio.dtype)
     inside = beta * (signs * log_ratio).sum(-1)
     rewards = beta * log_ratio
     return MethodOutput(neg_log_sigmoid(inside), rewards,
                         {"margin": inside.detach(), "accuracy": (inside > 0).float(),
-                         "clipped": ((ratio.detach() - 1).abs() > clip).float().mean(-1)})
+                         "clipped": ((raw.detach().exp() - 1).abs() > clip).float().mean(-1)})
 
 
 @tabular_check("d3po")
