@@ -441,12 +441,37 @@ def load_examples(source: Any, kind: str = "auto", text_format: str = "auto", on
                   split: str = "train", limit: int | None = None, extra_columns: tuple[ExtraColumn, ...] = (),
                   extra_responses: tuple[str, ...] = ()) -> tuple[list[Example], LoadReport]:
     """Read and validate all rows of `source`; see the module docstring for the policy."""
+    extra_column_sources(extra_columns)  # a malformed entry is a configuration error, not a bad row
+    detected = kind
+
+    def convert(row: dict, origin: str) -> Example:
+        # With kind "auto" the first row that shows its kind fixes it for the whole source, so a
+        # later row missing a field is reported as such rather than as a row of another kind.
+        nonlocal detected
+        if detected == "auto":
+            detected = detect_kind(row)
+        return row_to_example(row, origin, detected, text_format, tuple(extra_columns), tuple(extra_responses))
+
+    return convert_rows(source, convert, on_bad_row, split, limit)
+
+
+class SkipRow(Exception):
+    """Raised by a row converter for a valid row that carries nothing to learn from (a tie): it is
+    left out and counted under `category`, whatever on_bad_row says."""
+
+    def __init__(self, category: str):
+        super().__init__(category)
+        self.category = category
+
+
+def convert_rows(source: Any, convert, on_bad_row: str = "error", split: str = "train",
+                 limit: int | None = None) -> tuple[list, LoadReport]:
+    """Every row of `source` through `convert(row, origin)`, which raises BadRow for a bad row (an error
+    naming origin and field, or skipped and counted with on_bad_row: skip) or SkipRow for a row to leave
+    out; at most `limit` converted rows. The text rows here and the image rows of preftune/diffusion use it."""
     if on_bad_row not in ("error", "skip"):
         raise ValueError(f"on_bad_row must be 'error' or 'skip', got {on_bad_row!r}")
-    extra_column_sources(extra_columns)  # a malformed entry is a configuration error, not a bad row
     examples, report = [], LoadReport()
-    # With kind "auto" the first row that shows its kind fixes it for the whole source, so a
-    # later row missing a field is reported as such rather than as a row of another kind.
     for raw in read_rows(source, split):
         if limit is not None and report.kept >= limit:
             break
@@ -454,10 +479,10 @@ def load_examples(source: Any, kind: str = "auto", text_format: str = "auto", on
         try:
             if raw.error:
                 raise raw.error
-            if kind == "auto":
-                kind = detect_kind(raw.data)
-            example = row_to_example(raw.data, raw.origin, kind, text_format, tuple(extra_columns),
-                                     tuple(extra_responses))
+            example = convert(raw.data, raw.origin)
+        except SkipRow as skip:
+            report.skipped[skip.category] += 1
+            continue
         except BadRow as bad:
             message = f"{raw.origin}: {bad.describe()}"
             if on_bad_row == "error":

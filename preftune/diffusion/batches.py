@@ -105,6 +105,15 @@ def _errors(call: Callable, x_t: Tensor, cond, t: Tensor, target: Tensor, plan: 
                    plan.schedule.level(t).reshape(b, k))
 
 
+def both(record: Callable, policy: Callable, reference: Callable | None):
+    """(record(policy), record(reference) under no_grad, or None without a reference)."""
+    policy_record = record(policy)
+    if reference is None:
+        return policy_record, None
+    with torch.no_grad():
+        return policy_record, record(reference)
+
+
 def denoise_records(batch: Batch, policy: Callable, reference: Callable | None, plan: NoisePlan,
                     generator: torch.Generator) -> tuple[Denoise, Denoise | None]:
     """Records of the error-based kinds (everything but the step kinds)."""
@@ -117,11 +126,9 @@ def denoise_records(batch: Batch, policy: Callable, reference: Callable | None, 
         t = schedule.sample_time(b, generator, x0.device, plan.time)
         eps = torch.randn(x0.shape, generator=generator).to(x0)
         x_t, target = schedule.noisy(x0, eps, t), schedule.target(x0, eps, t)
-        both = {k: torch.stack([batch.cond[k], batch.cond_rejected[k]], 1).flatten(0, 1) for k in batch.cond}
+        conditions = {k: torch.stack([batch.cond[k], batch.cond_rejected[k]], 1).flatten(0, 1) for k in batch.cond}
         x_t2, target2, t2 = (v.repeat_interleave(2, dim=0) for v in (x_t, target, t))
-        records = [_errors(call, x_t2, both, t2, target2, plan, (b, 2)) if call is not None else None
-                   for call in (policy, reference)]
-        return records[0], records[1]
+        return both(lambda call: _errors(call, x_t2, conditions, t2, target2, plan, (b, 2)), policy, reference)
     x0 = batch.x0
     b, k = x0.shape[:2]
     draws = plan.draws if batch.kind == "sample-groups" else 1
@@ -141,12 +148,7 @@ def denoise_records(batch: Batch, policy: Callable, reference: Callable | None, 
     else:
         x_t, target = schedule.noisy(flat, eps, t), schedule.target(flat, eps, t)
     segments = batch.extras["segment_labels"].shape[1] if batch.kind == "segment-pairs" else 0
-    policy_record = _errors(policy, x_t, cond, t, target, plan, (b, k), segments)
-    reference_record = None
-    if reference is not None:
-        with torch.no_grad():
-            reference_record = _errors(reference, x_t, cond, t, target, plan, (b, k), segments)
-    return policy_record, reference_record
+    return both(lambda call: _errors(call, x_t, cond, t, target, plan, (b, k), segments), policy, reference)
 
 
 def _expert_online(batch, policy, reference, plan, generator):
@@ -166,12 +168,7 @@ def _expert_online(batch, policy, reference, plan, generator):
         error, prediction = prediction_error(call, x_t, cond, tt, target, schedule, plan.reduction)
         return Denoise(error.reshape(2, b).T, time=schedule.level(tt).reshape(2, b).T)
 
-    policy_record = record(policy)
-    reference_record = None
-    if reference is not None:
-        with torch.no_grad():
-            reference_record = record(reference)
-    return policy_record, reference_record
+    return both(record, policy, reference)
 
 
 def step_records(batch: Batch, policy: Callable, reference: Callable | None, plan: NoisePlan) -> tuple[Steps, Steps | None]:
@@ -187,12 +184,7 @@ def step_records(batch: Batch, policy: Callable, reference: Callable | None, pla
                                        plan.schedule, plan.noise, steps.get("t_cap"))
         return Steps(logp.reshape(b, k), mean.reshape(b, k, *mean.shape[1:]), std.reshape(b, k))
 
-    policy_record = record(policy)
-    reference_record = None
-    if reference is not None:
-        with torch.no_grad():
-            reference_record = record(reference)
-    return policy_record, reference_record
+    return both(record, policy, reference)
 
 
 def build_records(batch: Batch, policy: Callable, reference: Callable | None, plan: NoisePlan,

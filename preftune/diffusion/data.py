@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from preftune.data.formats import BadRow, DataError, LoadReport, MISSING, WRONG_TYPE, describe_source, read_rows
+from preftune.data.formats import MISSING, WRONG_TYPE, BadRow, DataError, LoadReport, SkipRow, convert_rows
 
 KINDS = ("image-pairs", "image-lists", "unpaired", "condition-pairs", "segment-pairs", "prompts")
 TIE = "tie (label 0.5)"
@@ -139,8 +139,8 @@ def _numbers(row: dict, name: str, length: int | None = None) -> list[float]:
     return [float(v) for v in value]
 
 
-def row_to_example(row: dict, origin: str, kind: str, root: Path | None) -> Example | None:
-    """Normalise one row of `kind`; None for a row that is valid but carries no preference (a tie)."""
+def row_to_example(row: dict, origin: str, kind: str, root: Path | None) -> Example:
+    """Normalise one row of `kind`; a valid row that carries no preference (a tie) raises SkipRow."""
     condition = _condition(row)
     if kind == "prompts":
         if condition is None:
@@ -158,7 +158,7 @@ def row_to_example(row: dict, origin: str, kind: str, root: Path | None) -> Exam
         scores = (_numbers(row, "scores", 2) if "scores" in row
                   else [float(row["score_0"]), float(row["score_1"])] if "score_0" in row else None)
         if label == 0.5:
-            return None
+            raise SkipRow(TIE)
         if label == 0:
             samples, scores = samples[::-1], scores[::-1] if scores else None
         return Example(condition, samples, origin, scores)
@@ -192,8 +192,6 @@ def row_to_example(row: dict, origin: str, kind: str, root: Path | None) -> Exam
 def load_examples(source: Any, kind: str, on_bad_row: str = "error", split: str = "train",
                   limit: int | None = None, image_root: str | None = None) -> tuple[list[Example], LoadReport]:
     """Read and validate every row of `source` as `kind` (see the module docstring)."""
-    if on_bad_row not in ("error", "skip"):
-        raise ValueError(f"on_bad_row must be 'error' or 'skip', got {on_bad_row!r}")
     root = Path(image_root) if image_root else (Path(str(source)).parent if isinstance(source, (str, Path))
                                                   and not str(source).startswith("hf:") else None)
     if isinstance(source, (str, Path)) and str(source).endswith(".txt"):
@@ -201,30 +199,7 @@ def load_examples(source: Any, kind: str, on_bad_row: str = "error", split: str 
         if not path.exists():
             raise DataError(f"{source}: no such file")
         source = [{"caption": line.strip()} for line in path.read_text().splitlines() if line.strip()]
-    examples, report = [], LoadReport()
-    for raw in read_rows(source, split):
-        if limit is not None and report.kept >= limit:
-            break
-        report.rows += 1
-        try:
-            if raw.error:
-                raise raw.error
-            example = row_to_example(raw.data, raw.origin, kind, root)
-        except BadRow as bad:
-            message = f"{raw.origin}: {bad.describe()}"
-            if on_bad_row == "error":
-                raise DataError(message + " (set data.on_bad_row: skip to drop such rows and count them)") from None
-            report.add_skip(message, bad.category)
-            continue
-        if example is None:
-            report.skipped[TIE] += 1
-            continue
-        examples.append(example)
-        report.kept += 1
-    if not examples:
-        raise DataError(f"{describe_source(source)}: no usable rows ({report.rows} read, "
-                        f"{sum(report.skipped.values())} skipped)")
-    return examples, report
+    return convert_rows(source, lambda row, origin: row_to_example(row, origin, kind, root), on_bad_row, split, limit)
 
 
 def load_sample(example: Example, index: int, shape: tuple[int, ...]) -> Tensor:

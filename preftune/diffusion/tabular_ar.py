@@ -42,7 +42,7 @@ def total_variation(p: Tensor, q: Tensor) -> float:
     return 0.5 * float((p - q).abs().sum())
 
 
-def minimise(loss_of_logits, logits: list[Tensor], grad_tol: float = 1e-11) -> list[Tensor]:
+def minimise(loss_of_logits, logits: list[Tensor], grad_tol: float = 1e-6) -> list[Tensor]:
     """Minimise a loss of the logit tables from `logits` with L-BFGS (scipy), gradients by autograd.
 
     The exact expected loss is smooth and deterministic, so a quasi-Newton method reaches the fixed

@@ -21,9 +21,10 @@ from preftune.config import to_dict
 from preftune.diffusion.batches import INDEPENDENT_NOISE, INVERSION, NoisePlan, build_records, generator
 from preftune.diffusion.config import DiffusionConfig
 from preftune.methods import build_objective
-from preftune.train.checkpoint import load_checkpoint, resolve_resume, save_checkpoint, sigterm_as_interrupt
+from preftune.train.checkpoint import save_checkpoint, save_interrupted, sigterm_as_interrupt
+from preftune.train.checkpoint import start_step as resume_at
 from preftune.train.loop import clip_gradients, make_accelerator, release_accelerator
-from preftune.train.metrics import MetricsLogger, StepMetrics, truncate_metrics
+from preftune.train.metrics import MetricsLogger, StepMetrics
 from preftune.train.schedules import lr_multiplier
 
 ONLINE_KINDS = ("trajectory-pairs", "trajectories", "sample-groups", "expert-online")
@@ -164,14 +165,7 @@ def train_diffusion(cfg: DiffusionConfig, resume: str | bool | None = None, on_s
     if getattr(source, "stateful", False):
         accelerator.register_for_checkpointing(source)
 
-    start_step = 0
-    checkpoint = resolve_resume(run_dir, resume)
-    if checkpoint is not None:
-        start_step = load_checkpoint(accelerator, checkpoint)["step"]
-        if main:
-            truncate_metrics(run_dir, start_step)
-    elif main and (run_dir / "metrics.jsonl").exists():
-        (run_dir / "metrics.jsonl").unlink()
+    start_step = resume_at(accelerator, run_dir, resume)
 
     logger = MetricsLogger(run_dir, enabled=main)
     evaluator = Evaluator(cfg, model, reward, reference, eval_examples, accelerator) if main else None
@@ -223,11 +217,7 @@ def train_diffusion(cfg: DiffusionConfig, resume: str | bool | None = None, on_s
                     on_step_end(completed, last)
     except KeyboardInterrupt:
         optimizer.zero_grad()
-        if completed > start_step:
-            path = save_checkpoint(accelerator, run_dir, completed, {"metrics": last, "interrupted": True},
-                                   max(cfg.train.keep_checkpoints, 1))
-            if main:
-                print(f"\ninterrupted: saved {path}; continue with --resume")
+        save_interrupted(accelerator, run_dir, completed, start_step, last, cfg.train.keep_checkpoints)
         bar.close()
         logger.close()
         release_accelerator()
