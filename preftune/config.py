@@ -87,6 +87,7 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 1
     checkpoint_every: int = 0            # 0: only the final model
+    save_model: bool = True              # false: no final model/ (benchmarks, sweeps that keep metrics only)
     keep_checkpoints: int = 2
     eval_every: int = 0                  # 0: evaluate held-out data only at the end (if any)
     progress: bool = True
