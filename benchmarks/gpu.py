@@ -137,7 +137,7 @@ class Timer:
 
 def run_preftune(spec: dict, out: Path, timer: Timer) -> list[float]:
     from preftune.config import load_config
-    from preftune.train.loop import train
+    from preftune.train.runner import run_training
 
     cfg = load_config(None, [
         f"--output_dir={out}", f"--model.name_or_path={spec['model']}", f"--data.source={spec['data']}",
@@ -147,7 +147,7 @@ def run_preftune(spec: dict, out: Path, timer: Timer) -> list[float]:
         "--train.max_grad_norm=1.0", f"--train.precision={spec['precision']}", "--train.progress=false",
         "--train.seed=0", "--train.save_model=false", f"--speed.reference_cache={'off' if spec['variant'] == 'live' else 'on'}",
         f"--speed.reference_cache_dir={out}/reference-cache"])
-    run_dir = train(cfg, on_step_end=timer)
+    run_dir = run_training(cfg, on_step_end=timer)
     return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
