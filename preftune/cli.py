@@ -193,6 +193,10 @@ def cmd_online(args, overrides: list[str]) -> int:
 
     cfg = load_online_config(args.config, overrides)
     run_dir = run_online(cfg, resume=args.resume)
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:  # one report per distributed run
+        return 0
     summary = json.loads((run_dir / "online_summary.json").read_text())
     keys = [k for k in ("duality_gap", "win_rate_vs_initial", "sampled_win_rate_vs_initial", "gold_score")
             if k in summary["iterations"][0]]

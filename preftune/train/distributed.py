@@ -23,6 +23,7 @@ import re
 import sys
 from pathlib import Path
 
+import torch
 from torch import Tensor
 
 from preftune.methods.state import CrossProcess
@@ -121,3 +122,53 @@ def configure_engine(accelerator, micro_batch_size: int, grad_accum: int, max_gr
                        ("gradient_clipping", float(max_grad_norm) if max_grad_norm and max_grad_norm > 0 else 0.0)):
         if config.get(key, "auto") == "auto":
             config[key] = value
+
+
+# ----------------------------------------------------------------------------- the online loop's exchanges
+
+def gathered(accelerator, value) -> list:
+    """Every process's `value` (any picklable object), in rank order: one exchange."""
+    if accelerator.num_processes == 1:
+        return [value]
+    from accelerate.utils import gather_object
+
+    return gather_object([value])
+
+
+def from_main(accelerator, value):
+    """The main process's `value` on every process (others may pass None)."""
+    if accelerator.num_processes == 1:
+        return value
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([value])[0]
+
+
+def summed(dicts: list[dict]) -> dict:
+    """Key-wise sums of numeric values (counters kept by each process)."""
+    total: dict = {}
+    for values in dicts:
+        for key, value in values.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                total[key] = total.get(key, 0) + value
+    return total
+
+
+def average_gradients(parameters, accelerator) -> None:
+    """Average the gradients of `parameters` over processes, in one all-reduce of their concatenation.
+
+    The online loop keeps its model unwrapped (its snapshots, anchors and fast/slow adapters swap
+    weights in place, and it samples from the model), so it averages gradients itself before
+    clipping and stepping; every process then takes the same step and the weights stay equal.
+    Every process must have gradients for the same parameters (the same graph on other data).
+    """
+    if accelerator.num_processes == 1:
+        return
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return
+    flat = accelerator.reduce(torch.cat([g.reshape(-1) for g in grads]), reduction="mean")
+    offset = 0
+    for grad in grads:
+        grad.copy_(flat[offset:offset + grad.numel()].view_as(grad))
+        offset += grad.numel()
