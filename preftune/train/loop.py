@@ -30,6 +30,7 @@ from preftune.train.checkpoint import load_checkpoint, resolve_resume, save_chec
 from preftune.train.distributed import check_process_count, configure_engine, cross_process_ops, load_models_whole
 from preftune.train.metrics import MetricsLogger, StepMetrics, truncate_metrics
 from preftune.train.plan import BatchPlan, batches_by_group
+from preftune.train.trackers import start_trackers, tracker_setup
 from preftune.train.schedules import lr_multiplier
 
 
@@ -42,7 +43,8 @@ def make_accelerator(cfg: RunConfig):
     # Without a GPU, accelerate only forms a multi-process (gloo) group under torchrun when told
     # to run on the CPU explicitly.
     accelerator = Accelerator(mixed_precision=precisions[cfg.train.precision],
-                              gradient_accumulation_steps=cfg.train.grad_accum, cpu=not torch.cuda.is_available())
+                              gradient_accumulation_steps=cfg.train.grad_accum, cpu=not torch.cuda.is_available(),
+                              **tracker_setup(cfg.train.report_to, cfg.run_dir))
     check_process_count(accelerator)
     load_models_whole(accelerator)  # until configure_engine, before prepare
     return accelerator
@@ -132,7 +134,8 @@ def train(cfg: RunConfig, data: PreparedData, resume: str | bool | None = None,
     elif main and (run_dir / "metrics.jsonl").exists():
         (run_dir / "metrics.jsonl").unlink()
 
-    logger = MetricsLogger(run_dir, enabled=main)
+    start_trackers(accelerator, cfg.name, to_dict(cfg), resumed_at=start_step)
+    logger = MetricsLogger(run_dir, enabled=main, accelerator=accelerator)
     bar = tqdm(total=plan.total_steps, initial=start_step, disable=not (main and cfg.train.progress),
                desc=f"train {objective.describe()}", dynamic_ncols=True, mininterval=0.5)
     def one_step(step: int) -> dict:
