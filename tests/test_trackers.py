@@ -29,6 +29,7 @@ def scalars(run_dir: Path) -> dict[str, list[int]]:
     return {tag: [e.step for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 
 
+@pytest.mark.slow
 def test_tensorboard_holds_the_names_and_steps_of_metrics_jsonl_once_even_after_a_resume(tmp_path):
     cfg = config(tmp_path, "--train.checkpoint_every=2")
     run_dir = run_training(cfg, data_source=ROWS)
@@ -41,6 +42,7 @@ def test_tensorboard_holds_the_names_and_steps_of_metrics_jsonl_once_even_after_
     assert scalars(run_dir)["loss"] == [1, 2, 3, 4]  # the first run's 3 and 4 are purged, not doubled
 
 
+@pytest.mark.slow
 def test_no_tracker_and_unknown_or_missing_trackers(tmp_path):
     run_dir = run_training(config(tmp_path, "--train.report_to=[]", "--train.steps=1"), data_source=ROWS)
     assert (run_dir / "metrics.jsonl").exists() and not (run_dir / "tensorboard").exists()
