@@ -199,7 +199,7 @@ def load_examples(source: Any, kind: str, on_bad_row: str = "error", split: str 
         if not path.exists():
             raise DataError(f"{source}: no such file")
         source = [{"caption": line.strip()} for line in path.read_text().splitlines() if line.strip()]
-    return convert_rows(source, lambda row, origin: row_to_example(row, origin, kind, root), on_bad_row, split, limit)
+    return convert_rows(source, lambda row, origin, _: row_to_example(row, origin, kind, root), on_bad_row, split, limit)
 
 
 def load_sample(example: Example, index: int, shape: tuple[int, ...]) -> Tensor:

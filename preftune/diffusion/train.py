@@ -24,8 +24,10 @@ from preftune.methods import build_objective
 from preftune.train.checkpoint import save_checkpoint, save_interrupted, sigterm_as_interrupt
 from preftune.train.checkpoint import start_step as resume_at
 from preftune.train.loop import clip_gradients, make_accelerator, release_accelerator
+from preftune.train.distributed import configure_engine
 from preftune.train.metrics import MetricsLogger, StepMetrics
 from preftune.train.schedules import lr_multiplier
+from preftune.train.trackers import start_trackers
 
 ONLINE_KINDS = ("trajectory-pairs", "trajectories", "sample-groups", "expert-online")
 SUMMARY = "diffusion_summary.json"
@@ -160,6 +162,7 @@ def train_diffusion(cfg: DiffusionConfig, resume: str | bool | None = None, on_s
     warmup = int(cfg.train.warmup_ratio * total_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_multiplier(s, total_steps, warmup, cfg.train.schedule))
+    configure_engine(accelerator, cfg.train.batch_size, cfg.train.grad_accum, cfg.train.max_grad_norm)
     network, optimizer = accelerator.prepare(network, optimizer)
     accelerator.register_for_checkpointing(scheduler)
     if getattr(source, "stateful", False):
@@ -167,7 +170,8 @@ def train_diffusion(cfg: DiffusionConfig, resume: str | bool | None = None, on_s
 
     start_step = resume_at(accelerator, run_dir, resume)
 
-    logger = MetricsLogger(run_dir, enabled=main)
+    start_trackers(accelerator, cfg.name, to_dict(cfg), resumed_at=start_step)
+    logger = MetricsLogger(run_dir, enabled=main, accelerator=accelerator)
     evaluator = Evaluator(cfg, model, reward, reference, eval_examples, accelerator) if main else None
     if evaluator is not None and start_step == 0:
         logger.log(0, evaluator(accelerator.unwrap_model(network), 0, run_dir))

@@ -8,33 +8,40 @@ from torch import Tensor
 
 from preftune.methods.common import neg_log_sigmoid
 from preftune.methods.registry import register, tabular_check, taxonomy
+from preftune.methods.state import BatchStatistics
 from preftune.records import Logps, MethodOutput, pairwise_metrics
 
 GOLD = 2  # response index of the gold answer: data `extra_responses: [gold]` comes after chosen, rejected
 
 
-def batch_token_mean_nll(policy: Logps, response: int) -> Tensor:
+def batch_token_mean_nll(policy: Logps, response: int, state: BatchStatistics | None = None) -> Tensor:
     """(B,) per-example shares of the token-mean NLL over ALL tokens of one response column in the batch.
 
     -sum_b lp(y_b) / sum_b |y_b| is a batch-level reduction (a cross-entropy over the batch's gold
     tokens); each example gets -lp(y_b) * B / sum_b |y_b|, so that the plain batch mean the trainer
-    takes is exactly that token mean. Under gradient accumulation or several processes it is the
-    token mean within each micro-batch.
+    takes is exactly that token mean. With a `state` (in training) B and the token count are those of
+    the global batch, every process's share of it, so the average the processes' gradients take is
+    that token mean too; under gradient accumulation it is the token mean within each micro-batch.
     """
-    total_tokens = policy.length[:, response].sum().clamp_min(1.0)
-    return -policy.sum[:, response] * policy.sum.shape[0] / total_tokens
+    lengths = policy.length[:, response]
+    examples = torch.tensor(float(lengths.shape[0]), dtype=lengths.dtype, device=lengths.device)
+    total_tokens = lengths.sum()
+    if state is not None:
+        examples, total_tokens = state.total(examples), state.total(lengths)
+    return -policy.sum[:, response] * examples / total_tokens.clamp_min(1.0)
 
 
 @register(
     name="tpo", seed="tpo", family="offline-pairwise", input_kind="pairwise", needs_reference=False,
-    status="stable",
+    status="stable", state=BatchStatistics,
     paper="Saeidi et al. 2024, Triple Preference Optimization: Achieving Better Alignment using a Single Step "
           "Optimization, arXiv 2405.16681",
     taxonomy=taxonomy(["pairwise", "gold-response", "triples"], ["offline", "single-stage"],
                       ["reference-free"], ["likelihood"]),
 )
 def tpo(policy: Logps, *, beta: float = 0.01, alpha: float = 1.0, length_normalize: bool = False,
-        gamma: float = 0.5, loss_type: str = "sigmoid", label_smoothing: float = 0.0) -> MethodOutput:
+        gamma: float = 0.5, loss_type: str = "sigmoid", label_smoothing: float = 0.0,
+        state: BatchStatistics | None = None) -> MethodOutput:
     """A reference-free preference loss on (y_w, y_l) plus the NLL of a gold response y_gold.
 
     offline.md §9, responses (y_w, y_l, y_gold) = indices (0, 1, 2) (data `extra_responses: [gold]`):
@@ -44,15 +51,17 @@ def tpo(policy: Logps, *, beta: float = 0.01, alpha: float = 1.0, length_normali
     reduction, spread over examples by `batch_token_mean_nll`). gamma is absolute (the code
     subtracts gamma/beta before multiplying by beta) and only enters TPO-L. loss_type: "sigmoid"
     (above, with optional label_smoothing eps: (1-eps) l(z) + eps l(-z)), "hinge" max(0, 1 - z), or
-    "ipo" (u - 1/(2 beta))^2 on u = the avg or sum log-prob gap.
+    "ipo" (u - 1/(2 beta))^2 on u = avg(y_w) - avg(y_l): the official trainer length-averages the
+    log-probs for ipo as for TPO-L, whatever length_normalize says.
     Defaults, official README for base models: TPO beta 0.01, alpha 1 (instruct: alpha 0.05);
     TPO-L beta 2 and gamma 0.5-10. Code defaults: beta 0.1, alpha 0.05, gamma 0.5.
     alpha = 0 TPO-L is SimPO with gamma absolute; alpha = 0 TPO is the reference-free sigmoid loss.
-    Shapes: (B, 3) in, (B,) loss. Rewards: beta * lp (or avg) of each response.
+    state: filled by the objective in training, so that the gold token mean is over the global batch.
+    Shapes: (B, 3) in, (B,) loss. Rewards: beta * lp (avg for TPO-L and ipo) of each response.
     """
     if policy.num_responses <= GOLD:
         raise ValueError("tpo needs a gold response after chosen and rejected: set data.extra_responses: [gold]")
-    scores = policy.mean if length_normalize else policy.sum
+    scores = policy.mean if length_normalize or loss_type == "ipo" else policy.sum
     gap = scores[:, 0] - scores[:, 1]
     z = beta * gap - (gamma if length_normalize else 0.0)
     if loss_type == "sigmoid":
@@ -63,7 +72,7 @@ def tpo(policy: Logps, *, beta: float = 0.01, alpha: float = 1.0, length_normali
         preference = (gap - 1 / (2 * beta)) ** 2
     else:
         raise ValueError(f"tpo: loss_type must be 'sigmoid', 'hinge' or 'ipo', got {loss_type!r}")
-    gold_nll = batch_token_mean_nll(policy, GOLD)
+    gold_nll = batch_token_mean_nll(policy, GOLD, state)
     rewards = beta * scores
     metrics = pairwise_metrics(rewards[:, 0], rewards[:, 1])
     metrics["nll/gold"] = -policy.mean[:, GOLD]
@@ -107,11 +116,13 @@ def tpo_tabular_check(fn=tpo):
     root of the derivative in `tpo_gold_pair_optimum`, for TPO (sums) and TPO-L (means, gamma).
     (2) The gold NLL is a token mean over the batch's gold tokens: d(mean_b L)/d lp(gold_b) =
     -alpha / sum_b |gold_b| for every example (gold lengths 2, 5, 9), not -alpha/(B |gold_b|).
-    (3) alpha = 0 TPO-L is SimPO: its soft-label pair optimum beta (avg_0 - avg_1) is SimPO's closed form."""
+    (3) alpha = 0 TPO-L is SimPO: its soft-label pair optimum beta (avg_0 - avg_1) is SimPO's closed form.
+    (4) loss_type ipo regresses the length-averaged gap: with alpha = 0 its pair optimum is
+    avg_0 - avg_1 = (2p - 1)/(2 beta), IPO's closed form on per-token log-probs (lengths 3 and 7)."""
     from preftune.tabular.bandit import DTYPE, Bandit
     from preftune.tabular.checks import PAIR_LENGTHS, PAIR_P, PAIR_REF, compare, compare_vectors, method_loss, \
         pair_logp_margin, pair_optimum
-    from preftune.tabular.closed_forms import margin_logistic_optimal_margin
+    from preftune.tabular.closed_forms import ipo_optimal_margin, margin_logistic_optimal_margin
     from preftune.tabular.expected import Dataset, optimise_policy
 
     p = PAIR_P
@@ -144,6 +155,12 @@ def tpo_tabular_check(fn=tpo):
     results.append(compare("tpo", f"alpha = 0 TPO-L = SimPO: soft-label optimum beta (avg_0 - avg_1), gamma = {gamma:g}",
                            margin_logistic_optimal_margin(p, gamma),
                            beta * pair_logp_margin(bandit, optimum.logp, normalise=True), 1e-9))
+
+    beta = 0.5
+    bandit, optimum = pair_optimum(method_loss("tpo", lambda policy, **kw: fn(_with_unused_gold(policy), **kw),
+                                               beta=beta, alpha=0.0, loss_type="ipo"))
+    results.append(compare("tpo", f"ipo, alpha = 0: optimum avg_0 - avg_1 = (2p-1)/(2 beta), |y| = {PAIR_LENGTHS}",
+                           ipo_optimal_margin(p, beta), pair_logp_margin(bandit, optimum.logp, normalise=True), 1e-9))
     return results
 
 
