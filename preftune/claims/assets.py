@@ -1,0 +1,154 @@
+"""What every arm of a (task, seed) shares: the bench's base model, SFT model and on-policy samples,
+plus the splits and the SFT model's own scores on them.
+
+The base and SFT models and the SFT model's samples are made by `preftune bench`'s machinery under
+the claims run directory (its BenchConfig is built from the claims config), so they are made once
+and an interrupted run resumes. The splits:
+
+- preference data: the first `pairs.prompts` train prompts (the bench's choice);
+- validation: the last `splits.validation_prompts` train prompts, never in the preference data;
+- test: the task's test split, which neither SFT nor any preference stage ever sees.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from preftune.claims.config import ClaimsConfig
+from preftune.config import ConfigError, from_dict, to_dict
+
+SPLITS = ("validation", "test")
+
+
+def bench_config(cfg: ClaimsConfig, tasks: list[str] | None = None):
+    """The bench configuration whose assets the claims share (same run directory)."""
+    from preftune.bench import BenchConfig
+
+    names = tasks if tasks is not None else list(cfg.tasks)
+    data = {"name": cfg.name, "output_dir": cfg.output_dir, "seeds": cfg.all_seeds, "workers": cfg.workers,
+            "threads_per_worker": cfg.threads_per_worker, "tasks": {t: cfg.tasks[t] for t in names},
+            "pretrain": cfg.pretrain, "sft": cfg.sft, "pairs": cfg.pairs,
+            # The bench's own test-set baseline is not used here (baselines() scores both splits), so keep it small.
+            "eval": {"prompts": 8, "samples_per_prompt": 1, "batch_size": cfg.splits.batch_size}}
+    return from_dict(BenchConfig, data)
+
+
+def offline_tasks(cfg: ClaimsConfig) -> list[str]:
+    return [t for t in cfg.tasks if t != "intransitive"]
+
+
+def task_of(cfg: ClaimsConfig, name: str):
+    from preftune.tasks import get_task
+
+    return get_task(name, **(cfg.tasks[name].get("options") or {}))
+
+
+def task_setting(cfg: ClaimsConfig, name: str, key: str, default=None):
+    return (cfg.tasks.get(name) or {}).get(key, default)
+
+
+def split_prompts(cfg: ClaimsConfig, name: str, split: str) -> list[str]:
+    """The prompts of `split` for task `name` (see the module docstring); checks that validation never
+    overlaps the preference prompts."""
+    task = task_of(cfg, name)
+    if split == "test":
+        return task.prompts("test", cfg.splits.test_prompts)
+    if split != "validation":
+        raise ValueError(f"claims: split must be one of {SPLITS}, got {split!r}")
+    train = task.prompts("train")
+    pair_prompts = cfg.pairs.get("prompts")
+    validation = train[-cfg.splits.validation_prompts:]
+    used = len(train) if pair_prompts is None else pair_prompts
+    if used + len(validation) > len(train):
+        raise ConfigError(f"claims: task {name} has {len(train)} train prompts; {used} preference prompts and "
+                          f"{len(validation)} validation prompts would overlap (lower pairs.prompts or "
+                          f"splits.validation_prompts)")
+    return validation
+
+
+def make_assets(cfg: ClaimsConfig, tasks: list[str], seeds: list[int], progress: bool, log=print) -> None:
+    """Base models, SFT models and samples of every (task, seed), in the bench's worker pool and order."""
+    from preftune.bench import _assets_job, _base_job, _digest, _run_jobs, _sft_job, sft_cost, sft_key
+
+    if not tasks:
+        return
+    bench = bench_config(cfg, tasks)
+    bench.seeds = list(seeds)
+    sft_jobs, sample_groups = {}, {}
+    for seed in seeds:
+        for task in tasks:
+            key = sft_key(bench, task, seed)
+            sft_jobs.setdefault(key, (task, seed))
+            prompts = task_of(cfg, task).prompts("train", cfg.pairs.get("prompts"))
+            settings = bench.task_settings(task)
+            sample_groups.setdefault((key, _digest(prompts, settings.max_new_tokens), seed), []).append(task)
+    log(f"assets: {len(seeds)} base models, {len(sft_jobs)} SFT models, {len(sample_groups)} sample sets")
+    _run_jobs(bench, _base_job, [(s,) for s in seeds], "base models", progress, lambda job: f"seed {job[0]}")
+    _run_jobs(bench, _sft_job, sorted(sft_jobs.values(), key=lambda job: -sft_cost(bench, job[0])), "sft", progress,
+              lambda job: f"{job[0]} seed {job[1]}")
+    _run_jobs(bench, _assets_job, [(tuple(t), key[2]) for key, t in sample_groups.items()], "samples", progress,
+              lambda job: f"{'+'.join(job[0])} seed {job[1]}")
+
+
+def assets_of(cfg: ClaimsConfig, task: str, seed: int) -> dict:
+    from preftune.bench import assets_dir
+
+    path = assets_dir(bench_config(cfg, [task]), task, seed) / "assets.json"
+    if not path.exists():
+        raise FileNotFoundError(f"claims: assets of {task} seed {seed} are missing ({path}); run make_assets first")
+    return json.loads(path.read_text())
+
+
+def start_model(assets: dict, start: str) -> str:
+    return assets["sft_model"] if start == "sft" else assets["base_model"]
+
+
+def preference_rows(cfg: ClaimsConfig, task: str, seed: int, pairing: str) -> list[dict]:
+    """The (task, seed)'s rows cut from the SFT model's samples, labelled by the task's labeller."""
+    from preftune.bench import preference_rows as bench_rows
+
+    bench = bench_config(cfg, [task])
+    rows, _ = bench_rows(bench, assets_of(cfg, task, seed), pairing)
+    return rows
+
+
+def baselines_path(cfg: ClaimsConfig, task: str, seed: int) -> Path:
+    return cfg.run_dir / "baselines" / task / f"seed{seed}.json"
+
+
+def eval_options(cfg: ClaimsConfig, task: str, seed: int) -> dict:
+    return dict(samples_per_prompt=cfg.splits.samples_per_prompt, max_new_tokens=task_setting(cfg, task, "max_new_tokens", 8),
+                seed=cfg.splits.eval_seed + seed, batch_size=cfg.splits.batch_size)
+
+
+def baselines_job(cfg_dict: dict, task: str, seed: int) -> dict:
+    """The SFT and base models of a (task, seed) scored on both splits, and the gold scores of the SFT
+    model's samples there (every arm's win-rate is against them); cached as JSON."""
+    from preftune.eval.task_eval import baseline_samples_scores, evaluate_on_task
+    from preftune.models import load_causal_lm, load_tokenizer
+
+    cfg = from_dict(ClaimsConfig, cfg_dict)
+    path = baselines_path(cfg, task, seed)
+    if path.exists():
+        return json.loads(path.read_text())
+    assets = assets_of(cfg, task, seed)
+    tokenizer = load_tokenizer(assets["sft_model"])
+    sft, base = load_causal_lm(assets["sft_model"]), load_causal_lm(assets["base_model"])
+    the_task, options = task_of(cfg, task), eval_options(cfg, task, seed)
+    out = {"task": task, "seed": seed, "sft_model": assets["sft_model"], "base_model": assets["base_model"]}
+    for split in SPLITS:
+        prompts = split_prompts(cfg, task, split)
+        scores = baseline_samples_scores(sft, tokenizer, the_task, prompts, **options)
+        out[split] = {"baseline_scores": scores.tolist(),
+                      "sft": evaluate_on_task(sft, tokenizer, the_task, prompts, reference=base,
+                                              baseline_scores=scores, progress=False, **options),
+                      "base": evaluate_on_task(base, tokenizer, the_task, prompts, reference=base,
+                                               baseline_scores=scores, progress=False, **options)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out))
+    return out
+
+
+def bench_settings(cfg: ClaimsConfig) -> dict:
+    """The shared-asset settings as the bench sees them (for the pre-registration table)."""
+    return {k: v for k, v in to_dict(bench_config(cfg)).items() if k in ("pretrain", "sft", "pairs", "tasks")}
