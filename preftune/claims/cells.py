@@ -114,6 +114,20 @@ def evaluate_cell(cfg: ClaimsConfig, arm: Arm, seed: int, policy_dir: Path, spli
     return metrics
 
 
+def diagnostics_ends(run_dir: Path) -> dict:
+    """Each logged diagnostic at the first and the last step it was logged ("<key>@start", "<key>@end")."""
+    from preftune.train.metrics import read_metrics
+
+    rows = [r for r in read_metrics(run_dir) if any(k.startswith("diag/") for k in r)]
+    if not rows:
+        return {}
+    ends = {}
+    for key in sorted({k for r in rows for k in r if k.startswith("diag/")}):
+        values = [r[key] for r in rows if key in r]
+        ends[f"{key}@start"], ends[f"{key}@end"] = values[0], values[-1]
+    return ends
+
+
 def run_cell(cfg_dict: dict, arm_name: str, setting: dict, seed: int, aux_paths: dict) -> dict:
     """Train and score one cell unless its result is on disk; errors become a result, not a crash."""
     import preftune.claims.rows  # noqa: F401  (a worker process registers the arms)
@@ -124,16 +138,22 @@ def run_cell(cfg_dict: dict, arm_name: str, setting: dict, seed: int, aux_paths:
         return json.loads(path.read_text())
     arm, split = get_arm(arm_name), split_of(cfg, seed)
     result = {"arm": arm_name, "setting": setting, "seed": seed, "split": split, "aux_models": aux_paths}
+    started, cpu = time.perf_counter(), time.process_time()
     try:
-        started, cpu = time.perf_counter(), time.process_time()
-        run_dir = train_cell(cfg, arm, setting, seed, aux_paths)
-        train_seconds = time.perf_counter() - started
-        summary = json.loads((run_dir / "train_summary.json").read_text())
-        metrics = evaluate_cell(cfg, arm, seed, run_dir / "model", split)
-        result.update(status="ok", metrics=metrics, run_dir=str(run_dir), train_seconds=round(train_seconds, 2),
-                      seconds=round(time.perf_counter() - started, 2), cpu_seconds=round(time.process_time() - cpu, 2),
-                      final_train_metrics={k: v for k, v in summary.get("final_train_metrics", {}).items()
-                                           if k in ("loss", "accuracy", "margin")})
+        if arm.kind == "online":
+            from preftune.claims.online_cells import run_online_cell
+
+            run_dir = model_dir(cfg, arm_name, setting, seed) / "run"
+            result.update(metrics=run_online_cell(cfg, arm, setting, seed, split, run_dir))
+        else:
+            run_dir = train_cell(cfg, arm, setting, seed, aux_paths)
+            result["train_seconds"] = round(time.perf_counter() - started, 2)
+            summary = json.loads((run_dir / "train_summary.json").read_text())
+            result["final_train_metrics"] = {k: v for k, v in summary.get("final_train_metrics", {}).items()
+                                             if k in ("loss", "accuracy", "margin")}
+            result["metrics"] = {**evaluate_cell(cfg, arm, seed, run_dir / "model", split), **diagnostics_ends(run_dir)}
+        result.update(status="ok", run_dir=str(run_dir), seconds=round(time.perf_counter() - started, 2),
+                      cpu_seconds=round(time.process_time() - cpu, 2))
         if not arm.keep_model:
             shutil.rmtree(run_dir / "model", ignore_errors=True)
     except Exception as error:  # noqa: BLE001  (a failed cell is reported in its row, never hidden)

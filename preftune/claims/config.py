@@ -43,12 +43,14 @@ class OnlineBudget:
     """Every online arm: the same iterations, prompts, samples and optimizer steps."""
 
     iterations: int = 3
+    iterations_per_domain: int = 2       # domain-shift sequences: this many iterations per domain
     prompts_per_iteration: int = 64
     steps: int = 20
     batch_size: int = 16
     samples_per_prompt: int = 4
     validation_prompts: int = 36         # intransitive guests held out of training, for the search
     eval_prompts: int = 45               # test guests of the final runs
+    warm_start_steps: int | None = None  # None: the recipe's warm-start SFT (smoke runs shorten it)
 
 
 @dataclass
@@ -78,8 +80,7 @@ class ClaimsConfig:
     rows: list[str] = field(default_factory=list)        # catalogue rows to run; empty: every row with an experiment
     search_seeds: list[int] = field(default_factory=lambda: [0])
     seeds: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
-    lr_grid: list[float] = field(default_factory=lambda: [1.0e-5, 3.0e-5, 1.0e-4])
-    online_lr_grid: list[float] = field(default_factory=lambda: [3.0e-5, 1.0e-4, 3.0e-4])
+    lr_grid: list[float] = field(default_factory=lambda: [1.0e-5, 3.0e-5, 1.0e-4])   # every arm, offline and online
     grid_points: str = "all"             # all | middle (the smoke run: the middle point of every grid)
     workers: int = 2
     threads_per_worker: int = 1
@@ -112,7 +113,7 @@ def load_claims_config(path: str | Path | None = None, overrides: list[str] | No
     """Defaults, then the YAML file, then `--key=value` overrides."""
     data = to_dict(ClaimsConfig())
     if path is not None:
-        merge_recipe(data, read_recipe(path, "a claims config"), replaced=("tasks", "margins"))
+        merge_recipe(data, read_recipe(path, "a claims config"), replaced=("tasks",))
     cfg = with_overrides(ClaimsConfig, data, overrides)
     if set(cfg.search_seeds) & set(cfg.seeds):
         raise ConfigError(f"claims: search seeds {cfg.search_seeds} and final seeds {cfg.seeds} must not overlap "

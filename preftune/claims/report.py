@@ -113,8 +113,9 @@ def format_preregistration(prereg: dict, digest: str) -> str:
              f"- Offline budget (every arm): {prereg['preference']['steps']} optimizer steps of "
              f"{prereg['preference']['batch_size']} examples, warm-up {prereg['preference']['warmup_ratio']}, "
              f"cosine schedule (the loop's default); the same pairs (or lists of the same samples) per task and seed.",
-             f"- Online budget (every arm): {prereg['online']['iterations']} iterations (4 on the two-domain "
-             f"sequence) of {prereg['online']['prompts_per_iteration']} prompts, "
+             f"- Online budget (every arm): {prereg['online']['iterations']} iterations "
+             f"({prereg['online']['iterations_per_domain']} per domain on the two-domain sequence) of "
+             f"{prereg['online']['prompts_per_iteration']} prompts, "
              f"{prereg['online']['samples_per_prompt']} samples each, {prereg['online']['steps']} steps of "
              f"{prereg['online']['batch_size']}.",
              f"- Learning-rate grid (every arm): {prereg['lr_grid']}.",

@@ -160,7 +160,7 @@ class Runner:
 def judge_claim(claim: Claim, evidence: Evidence) -> dict:
     """The row's verdict and parts; a row whose evidence is missing says why instead."""
     row = {"row": claim.row, "family": claim.family, "statement": claim.statement, "miniature": claim.miniature,
-           "arms": list(claim.arms)}
+           "arms": list(claim.arms), "extra_names": [e.name for e in claim.extras], "verify": list(claim.verify)}
     try:
         parts = claim.judge(evidence)
     except MissingEvidence as missing:
@@ -227,6 +227,7 @@ def run_claims(cfg: ClaimsConfig, command: str, rows: list[str] | None = None, p
               "cpu_seconds": round(sum(r.get("cpu_seconds", 0.0) for r in runner.results.values())
                                    + sum(r.get("cpu_seconds", 0.0) for r in extras.values()), 1),
               "chosen": runner.chosen, "searches": runner.searches, "rows": judged,
+              "cell_seconds": cell_seconds(runner.results.values()),
               "baselines": {f"{b['task']}/seed{b['seed']}": {split: {who: b[split][who] for who in ("sft", "base")}
                                                                for split in ("validation", "test")} for b in baselines},
               "extras": {f"{name}/seed{seed}": v for (name, seed), v in extras.items()},
@@ -236,6 +237,14 @@ def run_claims(cfg: ClaimsConfig, command: str, rows: list[str] | None = None, p
 
     write_outputs(report, run_dir)
     return report
+
+
+def cell_seconds(results) -> dict:
+    """Wall seconds of every arm's cells, search and final together."""
+    out: dict = {}
+    for r in results:
+        out[r["arm"]] = round(out.get(r["arm"], 0.0) + r.get("seconds", 0.0), 1)
+    return out
 
 
 def _invocations(run_dir: Path) -> list[dict]:

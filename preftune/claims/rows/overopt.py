@@ -2,9 +2,9 @@
 (Shi et al. 2024), both read from one sweep per seed.
 
 Each seed trains DPO from its SFT model on the length-bias task's pairs at every β of SWEEP_BETAS,
-for SWEEP_STEPS steps (twice the preference budget of the other rows, so that the small β runs can
-overshoot) at the learning rate DPO's own search chose on that task, holding out a tenth of the
-pairs. The diagnostics log, every SWEEP_EVERY steps, the Monte-Carlo KL to the SFT model and the
+for twice the preference budget of the other rows (so that the small β runs can overshoot) at the
+learning rate DPO's own search chose on that task, holding out a tenth of the pairs. The
+diagnostics log, SWEEP_EVALUATIONS times per run and at step 0, the Monte-Carlo KL to the SFT model and the
 gold reward of samples on held-out prompts, and the top-10 entropy and mass on the held-out
 pairs' chosen responses. The mechanism: the labeller rewards length and gold reward does not, so
 the further the policy moves, the more it has to lose.
@@ -18,7 +18,7 @@ from preftune.claims.rows.baselines import DPO_LENGTH
 
 SWEEP_BETAS = (0.03, 0.1, 0.3, 1.0)   # `preftune sweep`'s default values
 SWEEP_STEPS_FACTOR = 2                # x the preference budget
-SWEEP_EVERY = 25
+SWEEP_EVALUATIONS = 12                # diagnostics logged this many times per run (and at step 0)
 INDICATORS = {"entropy": "diag/top10_entropy", "mass": "diag/top10_mass"}
 
 
@@ -58,7 +58,7 @@ def overopt_sweep(cfg_dict: dict, seed: int, models: dict, chosen: dict) -> dict
     assets = assets_of(cfg, task, seed)
     rows = preference_rows(cfg, task, seed, "best-worst")
     out_dir = cfg.run_dir / "extras" / "overopt" / f"seed{seed}"
-    run_dirs = {}
+    run_dirs, steps = {}, SWEEP_STEPS_FACTOR * cfg.preference.steps
     for beta in SWEEP_BETAS:
         spec = {"name": f"dpo-beta{beta:g}", "output_dir": str(out_dir / "{name}"),
                 "model": {"name_or_path": assets["sft_model"]}, "loss": {"dpo": {"beta": beta}},
@@ -67,10 +67,10 @@ def overopt_sweep(cfg_dict: dict, seed: int, models: dict, chosen: dict) -> dict
                          "max_prompt_length": task_setting(cfg, task, "max_prompt_length", 16),
                          "task": {"options": task_setting(cfg, task, "options", {}) or {},
                                   "labeller": task_setting(cfg, task, "labeller", {}) or {}}},
-                "train": {"steps": SWEEP_STEPS_FACTOR * cfg.preference.steps, "batch_size": cfg.preference.batch_size,
+                "train": {"steps": steps, "batch_size": cfg.preference.batch_size,
                           "lr": chosen[DPO_LENGTH.name]["lr"], "warmup_ratio": cfg.preference.warmup_ratio,
                           "seed": seed, "progress": False, "log_every": 10},
-                "diagnostics": {"every": SWEEP_EVERY, "examples": 64, "prompts": 64, "samples_per_prompt": 4,
+                "diagnostics": {"every": max(1, steps // SWEEP_EVALUATIONS), "examples": 64, "prompts": 64, "samples_per_prompt": 4,
                                 "max_new_tokens": task_setting(cfg, task, "max_new_tokens", 24)}}
         run_dirs[beta] = train(from_dict(RunConfig, spec), data_source=rows)
     points = sweep_points(run_dirs)
@@ -97,7 +97,7 @@ SWEEP = Extra("overopt-sweep", overopt_sweep, needs=())
     "a KL-budget sweep produces gold reward vs sqrt(KL) and the fitted curve d(alpha - beta log d)",
     f"""Per seed, DPO at β ∈ {{{', '.join(map(str, SWEEP_BETAS))}}} for twice the preference budget on the
     length-bias task (the labeller's length preference is the proxy that gold reward does not share), with
-    KL and gold reward logged every {SWEEP_EVERY} steps: every logged point (d = sqrt(KL), gold gain over
+    KL and gold reward logged {SWEEP_EVALUATIONS} times per run: every logged point (d = sqrt(KL), gold gain over
     the SFT model) of the four runs enters one least-squares fit of R(d) = d(α − β log d) (eval/sweep.py,
     the function behind `preftune sweep`). The paper's curves are hump-shaped: the fitted β is positive
     (an interior peak at d* = exp(α/β − 1)). The part: the fitted β > 0 over seeds; the fit's RMSE and the
@@ -116,7 +116,7 @@ def overopt_scaling_claim(ev):
     "likelihood-overopt", "analysis",
     "both indicators are logged during training and flag the point where gold reward starts to fall",
     f"""The runs of the KL-budget sweep (daa-overopt-scaling) log the top-10 entropy and top-10 mass of the
-    policy's next-token distributions along held-out chosen responses every {SWEEP_EVERY} steps, beside
+    policy's next-token distributions along held-out chosen responses {SWEEP_EVALUATIONS} times per run, beside
     the gold reward of samples. An indicator flags the step where it turns from rising to falling (its
     peak); it flags the point where gold reward starts to fall when that is the gold reward's peak. Per
     run: the distance, in evaluation intervals, between the indicator's peak and the gold peak, against
