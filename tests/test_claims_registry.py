@@ -10,7 +10,7 @@ import pytest
 from preftune.claims.arms import Arm, all_arms, settings_of
 from preftune.claims.config import load_claims_config, preregistration_digest
 from preftune.claims.online_cells import summary_metrics
-from preftune.claims.registry import all_claims
+from preftune.claims.catalogue import all_claims
 from preftune.claims.report import format_preregistration, format_table, replace_between
 from preftune.claims.rows.overopt import flag_errors
 from preftune.claims.runner import arms_needed, choose, selection_value, waves

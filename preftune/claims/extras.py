@@ -10,7 +10,7 @@ from preftune.config import from_dict
 
 
 def find_extra(name: str):
-    from preftune.claims.registry import all_claims
+    from preftune.claims.catalogue import all_claims
 
     for claim in all_claims():
         for extra in claim.extras:

@@ -1,4 +1,5 @@
-"""The registry of claim experiments: one entry per catalogue row, defined in rows/<family>.py.
+"""The registry of claim experiments: one entry per catalogue row, defined in rows/<family>.py
+(catalogue.py imports them all and lists them).
 
 A claim names the arms it compares (arms.py), optional per-seed jobs that measure something other
 than a trained arm on a split (beam search on the DPO policy, a probe, a sweep: `Extra`), the
@@ -55,15 +56,6 @@ def register_claim(row: str, family: str, statement: str, miniature: str, *, arm
     return decorate
 
 
-def all_claims() -> list[Claim]:
-    import preftune.claims.rows  # noqa: F401  (registers every row)
-
-    order = {f: i for i, f in enumerate(FAMILIES)}
-    return sorted(_CLAIMS.values(), key=lambda c: (order[c.family], c.sort_key))
-
-
-def get_claim(row: str) -> Claim:
-    claims = {c.row: c for c in all_claims()}
-    if row not in claims:
-        raise KeyError(f"claims: no experiment for catalogue row {row!r}; rows: {', '.join(claims)}")
-    return claims[row]
+def registered() -> dict[str, Claim]:
+    """The claims registered so far (catalogue.py imports every row module first)."""
+    return dict(_CLAIMS)

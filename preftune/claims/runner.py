@@ -24,7 +24,8 @@ from preftune.claims import stats
 from preftune.claims.arms import Arm, get_arm, settings_of
 from preftune.claims.config import ClaimsConfig, preregistration, preregistration_digest
 from preftune.claims.evidence import Evidence, MissingEvidence
-from preftune.claims.registry import Claim, all_claims, get_claim
+from preftune.claims.catalogue import all_claims, get_claim
+from preftune.claims.registry import Claim
 from preftune.config import from_dict, to_dict
 
 
