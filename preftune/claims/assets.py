@@ -18,19 +18,29 @@ from preftune.claims.config import ClaimsConfig
 from preftune.config import ConfigError, from_dict, to_dict
 
 SPLITS = ("validation", "test")
+CLAIMS_ONLY = ("pair_prompts", "validation_prompts")   # per-task split sizes (the rest are the bench's TaskSettings)
 
 
-def bench_config(cfg: ClaimsConfig, tasks: list[str] | None = None):
-    """The bench configuration whose assets the claims share (same run directory)."""
+def bench_config(cfg: ClaimsConfig, task: str | None = None):
+    """The bench configuration whose assets the claims share (same run directory). Every offline task
+    is in it, so that the base model of a seed is the same for all; a task's own `pair_prompts`
+    (for tasks with fewer train prompts than `pairs.prompts`) sets the preference prompts of its samples."""
     from preftune.bench import BenchConfig
 
-    names = tasks if tasks is not None else list(cfg.tasks)
+    tasks = {t: {k: v for k, v in (cfg.tasks[t] or {}).items() if k not in CLAIMS_ONLY} for t in offline_tasks(cfg)}
+    pairs = dict(cfg.pairs)
+    if task is not None and "pair_prompts" in (cfg.tasks[task] or {}):
+        pairs["prompts"] = cfg.tasks[task]["pair_prompts"]
     data = {"name": cfg.name, "output_dir": cfg.output_dir, "seeds": cfg.all_seeds, "workers": cfg.workers,
-            "threads_per_worker": cfg.threads_per_worker, "tasks": {t: cfg.tasks[t] for t in names},
-            "pretrain": cfg.pretrain, "sft": cfg.sft, "pairs": cfg.pairs,
+            "threads_per_worker": cfg.threads_per_worker, "tasks": tasks,
+            "pretrain": cfg.pretrain, "sft": cfg.sft, "pairs": pairs,
             # The bench's own test-set baseline is not used here (baselines() scores both splits), so keep it small.
             "eval": {"prompts": 8, "samples_per_prompt": 1, "batch_size": cfg.splits.batch_size}}
     return from_dict(BenchConfig, data)
+
+
+def pair_prompt_count(cfg: ClaimsConfig, task: str) -> int | None:
+    return (cfg.tasks[task] or {}).get("pair_prompts", cfg.pairs.get("prompts"))
 
 
 def offline_tasks(cfg: ClaimsConfig) -> list[str]:
@@ -56,9 +66,9 @@ def split_prompts(cfg: ClaimsConfig, name: str, split: str) -> list[str]:
     if split != "validation":
         raise ValueError(f"claims: split must be one of {SPLITS}, got {split!r}")
     train = task.prompts("train")
-    pair_prompts = cfg.pairs.get("prompts")
-    validation = train[-cfg.splits.validation_prompts:]
-    used = len(train) if pair_prompts is None else pair_prompts
+    pair_prompts = pair_prompt_count(cfg, name)
+    validation = train[-(cfg.tasks[name] or {}).get("validation_prompts", cfg.splits.validation_prompts):]
+    used = len(train) if pair_prompts is None else min(pair_prompts, len(train))
     if used + len(validation) > len(train):
         raise ConfigError(f"claims: task {name} has {len(train)} train prompts; {used} preference prompts and "
                           f"{len(validation)} validation prompts would overlap (lower pairs.prompts or "
@@ -67,33 +77,45 @@ def split_prompts(cfg: ClaimsConfig, name: str, split: str) -> list[str]:
 
 
 def make_assets(cfg: ClaimsConfig, tasks: list[str], seeds: list[int], progress: bool, log=print) -> None:
-    """Base models, SFT models and samples of every (task, seed), in the bench's worker pool and order."""
-    from preftune.bench import _assets_job, _base_job, _digest, _run_jobs, _sft_job, sft_cost, sft_key
+    """Base models, SFT models and samples of every (task, seed), in the bench's worker pool and order:
+    base models, then SFT models (longest first), then samples (tasks sharing an SFT model and prompts
+    share them)."""
+    from preftune.bench import _base_job, _run_jobs, _sft_job, sft_cost, sft_key
 
     if not tasks:
         return
-    bench = bench_config(cfg, tasks)
+    bench = bench_config(cfg)
     bench.seeds = list(seeds)
     sft_jobs, sample_groups = {}, {}
     for seed in seeds:
         for task in tasks:
             key = sft_key(bench, task, seed)
             sft_jobs.setdefault(key, (task, seed))
-            prompts = task_of(cfg, task).prompts("train", cfg.pairs.get("prompts"))
-            settings = bench.task_settings(task)
-            sample_groups.setdefault((key, _digest(prompts, settings.max_new_tokens), seed), []).append(task)
+            prompts = task_of(cfg, task).prompts("train", pair_prompt_count(cfg, task))
+            group = (key, json.dumps([prompts, task_setting(cfg, task, "max_new_tokens")]), seed)
+            sample_groups.setdefault(group, []).append(task)
     log(f"assets: {len(seeds)} base models, {len(sft_jobs)} SFT models, {len(sample_groups)} sample sets")
     _run_jobs(bench, _base_job, [(s,) for s in seeds], "base models", progress, lambda job: f"seed {job[0]}")
     _run_jobs(bench, _sft_job, sorted(sft_jobs.values(), key=lambda job: -sft_cost(bench, job[0])), "sft", progress,
               lambda job: f"{job[0]} seed {job[1]}")
-    _run_jobs(bench, _assets_job, [(tuple(t), key[2]) for key, t in sample_groups.items()], "samples", progress,
-              lambda job: f"{'+'.join(job[0])} seed {job[1]}")
+    claims = to_dict(cfg)
+    _run_jobs(bench, samples_job, [(claims, tuple(t), key[2]) for key, t in sample_groups.items()], "samples",
+              progress, lambda job: f"{'+'.join(job[1])} seed {job[2]}")
+
+
+def samples_job(_bench_dict: dict, cfg_dict: dict, tasks: tuple[str, ...], seed: int) -> list[dict]:
+    """The assets of tasks sharing an SFT model and prompts, one after the other (the first samples,
+    the others reuse its samples), each with its own preference prompts."""
+    from preftune.bench import prepare_assets
+
+    cfg = from_dict(ClaimsConfig, cfg_dict)
+    return [prepare_assets(bench_config(cfg, task), task, seed) for task in tasks]
 
 
 def assets_of(cfg: ClaimsConfig, task: str, seed: int) -> dict:
     from preftune.bench import assets_dir
 
-    path = assets_dir(bench_config(cfg, [task]), task, seed) / "assets.json"
+    path = assets_dir(bench_config(cfg, task), task, seed) / "assets.json"
     if not path.exists():
         raise FileNotFoundError(f"claims: assets of {task} seed {seed} are missing ({path}); run make_assets first")
     return json.loads(path.read_text())
@@ -107,8 +129,7 @@ def preference_rows(cfg: ClaimsConfig, task: str, seed: int, pairing: str) -> li
     """The (task, seed)'s rows cut from the SFT model's samples, labelled by the task's labeller."""
     from preftune.bench import preference_rows as bench_rows
 
-    bench = bench_config(cfg, [task])
-    rows, _ = bench_rows(bench, assets_of(cfg, task, seed), pairing)
+    rows, _ = bench_rows(bench_config(cfg, task), assets_of(cfg, task, seed), pairing)
     return rows
 
 
@@ -147,8 +168,3 @@ def baselines_job(cfg_dict: dict, task: str, seed: int) -> dict:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out))
     return out
-
-
-def bench_settings(cfg: ClaimsConfig) -> dict:
-    """The shared-asset settings as the bench sees them (for the pre-registration table)."""
-    return {k: v for k, v in to_dict(bench_config(cfg)).items() if k in ("pretrain", "sft", "pairs", "tasks")}
