@@ -42,7 +42,8 @@ def add_parser(sub, formatter=argparse.RawDescriptionHelpFormatter) -> None:
 
 
 def cmd_claims(args, overrides: list[str]) -> int:
-    from preftune.claims.config import load_claims_config, preregistration, preregistration_digest
+    from preftune.claims.config import load_claims_config
+    from preftune.claims.prereg import preregistration, preregistration_digest
     from preftune.claims.report import format_markdown, write_docs
     from preftune.claims.runner import arms_needed, run_claims, selected_claims
 

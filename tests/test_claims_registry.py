@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from preftune.claims.arms import Arm, all_arms, settings_of
-from preftune.claims.config import load_claims_config, preregistration_digest
+from preftune.claims.config import load_claims_config
+from preftune.claims.prereg import preregistration_digest
 from preftune.claims.online_cells import summary_metrics
 from preftune.claims.catalogue import all_claims
 from preftune.claims.report import format_preregistration, format_table, replace_between
@@ -140,7 +141,7 @@ def test_the_table_and_the_preregistration_render_and_replace_only_their_section
     assert "| x | offline | **reproduced** | +0.050 [+0.010, +0.090] |" in table and "a: beta 0.1, lr 3e-05" in table
     assert "load 1.0 → 2.0" in table
     cfg = load_claims_config("configs/claims/full.yaml")
-    from preftune.claims.config import preregistration
+    from preftune.claims.prereg import preregistration
 
     text = format_preregistration(preregistration(cfg, arms_needed(all_claims())), "d1g35t")
     assert "d1g35t" in text and "| dpo@arithmetic | arithmetic | dpo | sft |" in text

@@ -2,17 +2,15 @@
 
 Everything that decides a verdict is here or in the row modules (each arm's β-equivalent grid),
 and is fixed before the final run: configs/claims/full.yaml is the pre-registration, and its
-digest (`preregistration_digest`) is written into claims.json and docs/claims.md, so a changed
-grid, seed set, split or budget shows as a different digest.
+digest (prereg.py) is written into claims.json and docs/claims.md, so a changed grid, seed set,
+split or budget shows as a different digest.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from preftune.config import ConfigError, from_dict, merge_recipe, read_recipe, to_dict, with_overrides
+from preftune.config import ConfigError, merge_recipe, read_recipe, to_dict, with_overrides
 
 
 @dataclass
@@ -125,18 +123,4 @@ def load_claims_config(path: str | Path | None = None, overrides: list[str] | No
     return cfg
 
 
-def preregistration(cfg: ClaimsConfig, arms: list) -> dict:
-    """What is fixed before the final runs: seeds, splits, budgets, grids, the decision rule and every
-    arm's grid. Run-time settings (workers, output directory, rows selected) are left out."""
-    fixed = {k: v for k, v in to_dict(cfg).items() if k not in ("name", "output_dir", "rows", "workers",
-                                                                   "threads_per_worker")}
-    fixed["arms"] = {arm.name: arm.preregistered() for arm in arms}
-    return fixed
-
-
-def preregistration_digest(cfg: ClaimsConfig, arms: list) -> str:
-    return hashlib.sha256(json.dumps(preregistration(cfg, arms), sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-__all__ = ["ClaimsConfig", "DecisionRule", "OnlineBudget", "PreferenceBudget", "SplitSettings", "from_dict",
-           "load_claims_config", "preregistration", "preregistration_digest"]
+__all__ = ["ClaimsConfig", "DecisionRule", "OnlineBudget", "PreferenceBudget", "SplitSettings", "load_claims_config"]

@@ -106,10 +106,14 @@ def format_preregistration(prereg: dict, digest: str) -> str:
     lines = [f"Digest `{digest}` (sha256 of the settings below, written into claims.json by every run).", "",
              f"- Seeds: search {prereg['search_seeds']} (validation split only), final {prereg['seeds']} (test split "
              f"only); the two sets never overlap.",
-             f"- Splits: validation = the last {prereg['splits']['validation_prompts']} train prompts of each task, "
-             f"never in the preference data (the first {prereg['pairs'].get('prompts')} train prompts); test = the "
-             f"task's test split ({prereg['splits']['test_prompts'] or 'all'} prompts), seen by no training stage. "
-             f"{prereg['splits']['samples_per_prompt']} samples per prompt at temperature 1.",
+             f"- Splits: preference data from the first train prompts of each task; validation = the last train "
+             f"prompts, never in the preference data; test = the task's test split, seen by no training stage; "
+             f"{prereg['splits']['samples_per_prompt']} samples per prompt at temperature 1 (prompts: "
+             + "; ".join(f"{t} {s['preference']}/{s['validation']}/{s['test']}"
+                         for t, s in prereg.get("split_sizes", {}).items())
+             + " as preference/validation/test). The intransitive task holds out "
+             f"{prereg['online']['validation_prompts']} guests for validation; the final runs are scored on "
+             f"{prereg['online']['eval_prompts']} test guests.",
              f"- Offline budget (every arm): {prereg['preference']['steps']} optimizer steps of "
              f"{prereg['preference']['batch_size']} examples, warm-up {prereg['preference']['warmup_ratio']}, "
              f"cosine schedule (the loop's default); the same pairs (or lists of the same samples) per task and seed.",

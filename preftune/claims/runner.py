@@ -22,7 +22,8 @@ from pathlib import Path
 
 from preftune.claims import stats
 from preftune.claims.arms import Arm, get_arm, settings_of
-from preftune.claims.config import ClaimsConfig, preregistration, preregistration_digest
+from preftune.claims.config import ClaimsConfig
+from preftune.claims.prereg import preregistration, preregistration_digest
 from preftune.claims.evidence import Evidence, MissingEvidence
 from preftune.claims.catalogue import all_claims, get_claim
 from preftune.claims.registry import Claim
@@ -35,13 +36,18 @@ def selected_claims(cfg: ClaimsConfig, rows: list[str] | None = None) -> list[Cl
 
 
 def arms_needed(claims: list[Claim]) -> list[Arm]:
-    """The claims' arms and, transitively, the arms they read."""
-    needed, stack = {}, [a for c in claims for a in c.arms]
-    while stack:
-        name = stack.pop()
+    """The claims' arms in table order, each after the arms it reads."""
+    needed: dict[str, Arm] = {}
+
+    def add(name: str) -> None:
         if name not in needed:
+            for dependency in get_arm(name).depends_on:
+                add(dependency)
             needed[name] = get_arm(name)
-            stack.extend(needed[name].depends_on)
+
+    for claim in claims:
+        for name in claim.arms:
+            add(name)
     return list(needed.values())
 
 
