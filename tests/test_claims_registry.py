@@ -14,7 +14,7 @@ from preftune.claims.online_cells import summary_metrics
 from preftune.claims.catalogue import all_claims
 from preftune.claims.report import format_preregistration, format_table, replace_between
 from preftune.claims.rows.overopt import flag_errors
-from preftune.claims.runner import arms_needed, choose, selection_value, waves
+from preftune.claims.runner import arms_needed, choose, selection_value
 
 ROOT = Path(__file__).resolve().parents[1]
 # The shared catalogue sits beside the project checkout (or beside its worktrees' folder).
@@ -57,13 +57,36 @@ def test_every_arm_searches_its_beta_equivalent_times_the_shared_learning_rates(
         assert settings_of(arm, cfg.lr_grid, "middle") == [{**arm.grid[len(arm.grid) // 2], "lr": cfg.lr_grid[1]}]
 
 
-def test_arms_that_read_other_arms_run_after_them():
-    arms = arms_needed(all_claims())
-    order = {a.name: i for i, wave in enumerate(waves(arms)) for a in wave}
-    for arm in arms:
-        for dependency in arm.depends_on:
-            assert order[dependency] < order[arm.name], (arm.name, dependency)
-    assert order["tgdpo@multistep"] > order["dpo@multistep"]
+def test_the_phases_run_each_job_after_what_it_reads(tmp_path):
+    from preftune.claims.catalogue import get_claim
+    from preftune.claims.runner import Runner
+
+    cfg = load_claims_config("configs/claims/smoke.yaml", [f"--output_dir={tmp_path}/{{name}}"])
+    claims = [get_claim(row) for row in ("tgdpo", "r2q", "modpo", "daa-overopt-scaling", "more-is-less")]
+    arms, phases = arms_needed(claims), []
+
+    def fake_pool(fn, jobs, desc, describe):
+        phases.append(jobs)
+        return [{"extra": j[1], "seed": j[2], "status": "ok"} if j[0] == "extra" else
+                {"arm": j[1], "setting": j[2], "seed": j[3], "status": "ok", "metrics": {
+                    "gold_reward": 0.5, "gold/helpful": 0.5, "gold/concise": 0.5}} for j in jobs]
+
+    runner = Runner(cfg, progress=False, log=lambda *_: None)
+    runner.pool, runner.aux_paths = fake_pool, lambda arm, seed: {}
+    runner.run(arms, list({e.name: e for c in claims for e in c.extras}.values()))
+    when = {}
+    for index, jobs in enumerate(phases):
+        for job in jobs:
+            kind = "extra" if job[0] == "extra" else ("search" if job[3] in cfg.search_seeds else "final")
+            when.setdefault((kind, job[1]), index)
+    assert when[("search", "tgdpo@multistep")] > when[("search", "dpo@multistep")]
+    assert when[("final", "tgdpo@multistep")] > when[("final", "dpo@multistep")]
+    assert when[("extra", "r2q-beam")] > when[("final", "dpo@multistep")]
+    assert when[("extra", "overopt-sweep")] > when[("search", "dpo@length-bias")]
+    assert when[("final", "modpo-w0.1@two-objective")] > when[("search", "modpo-w0.5@two-objective")]
+    assert ("search", "modpo-w0.1@two-objective") not in when       # it borrows w=0.5's setting
+    assert runner.chosen["modpo-w0.1@two-objective"] == runner.chosen["modpo-w0.5@two-objective"]
+    assert when[("extra", "more-is-less-probe")] == 0 and len(phases) == 3
 
 
 def test_selection_scores_and_the_choice_take_the_best_mean_and_the_first_on_a_tie():

@@ -17,13 +17,15 @@ FAMILIES = ("offline", "online", "analysis")
 
 @dataclass(frozen=True)
 class Extra:
-    """A per-seed job of a row: fn(cfg_dict, seed, models) -> dict of numbers, where models maps each
-    arm in `needs` to its model directory at its chosen setting and that seed."""
+    """A per-seed job of a row: fn(cfg_dict, seed, models, chosen) -> dict of numbers, where models maps
+    each arm in `needs` to its final model directory at that seed, and chosen every settled arm to its
+    chosen setting."""
 
     name: str
     fn: Callable[..., dict]
-    needs: tuple[str, ...] = ()
+    needs: tuple[str, ...] = ()          # arms whose final models it reads
     seeds: str = "final"                 # final: every final seed; none: once (seed None)
+    after: tuple[str, ...] = ()          # arms whose chosen settings it reads
 
 
 @dataclass(frozen=True)

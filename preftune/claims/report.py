@@ -116,7 +116,8 @@ def format_preregistration(prereg: dict, digest: str) -> str:
              f"{prereg['online']['eval_prompts']} test guests.",
              f"- Offline budget (every arm): {prereg['preference']['steps']} optimizer steps of "
              f"{prereg['preference']['batch_size']} examples, warm-up {prereg['preference']['warmup_ratio']}, "
-             f"cosine schedule (the loop's default); the same pairs (or lists of the same samples) per task and seed.",
+             f"linear decay after it (the loop's default schedule); the same pairs (or lists of the same samples) "
+             f"per task and seed.",
              f"- Online budget (every arm): {prereg['online']['iterations']} iterations "
              f"({prereg['online']['iterations_per_domain']} per domain on the two-domain sequence) of "
              f"{prereg['online']['prompts_per_iteration']} prompts, "

@@ -2,10 +2,12 @@
 
 1. assets: base models, SFT models and samples of every (task, seed) an arm uses (bench machinery),
    then the SFT and base models' own scores on both splits;
-2. for each wave of arms (an arm waits for the arms it reads): the search cells (every setting on the
-   search seeds, scored on validation), the choice (highest mean validation score; the first in grid
-   order on a tie), then the final cells (the chosen setting on every final seed, scored on test);
-3. the rows' extras (beam search, probes, the sweep) and the quoted `preftune verify` checks;
+2. in phases, each one worker pool running everything whose inputs exist: the search cells (every
+   setting on the search seeds, scored on validation), then the choice (highest mean validation
+   score; the first in grid order on a tie), then the final cells (the chosen setting on every final
+   seed, scored on test); an arm that reads another arm's models waits for them, and the rows'
+   extras (beam search, probes, the sweep) wait for the settings and models they read;
+3. the quoted `preftune verify` checks;
 4. each row's judge, then claims.json, claims.md and the plots.
 
 Every cell and extra is cached as JSON, so an interrupted run resumes where it stopped; the wall
@@ -26,7 +28,7 @@ from preftune.claims.config import ClaimsConfig
 from preftune.claims.prereg import preregistration, preregistration_digest
 from preftune.claims.evidence import Evidence, MissingEvidence
 from preftune.claims.catalogue import all_claims, get_claim
-from preftune.claims.registry import Claim
+from preftune.claims.registry import Claim, Extra
 from preftune.config import from_dict, to_dict
 
 
@@ -51,18 +53,30 @@ def arms_needed(claims: list[Claim]) -> list[Arm]:
     return list(needed.values())
 
 
-def waves(arms: list[Arm]) -> list[list[Arm]]:
-    """Arms in dependency order: each wave only reads arms of earlier waves."""
-    done, left, out = set(), {a.name: a for a in arms}, []
-    while left:
-        ready = [a for a in left.values() if all(d in done for d in a.depends_on)]
-        if not ready:
-            raise ValueError(f"claims: circular arm dependencies among {sorted(left)}")
-        out.append(ready)
-        done |= {a.name for a in ready}
-        for a in ready:
-            del left[a.name]
-    return out
+TASK_COST = {"safety": 5.0, "intransitive": 3.0, "multistep": 1.6, "length-bias": 1.5, "two-objective": 1.2}
+EXTRA_COST = {"overopt-sweep": 8.0, "r2q-beam": 3.0}
+
+
+def job_cost(job: tuple) -> float:
+    """A rough relative cost, to start the longest jobs first."""
+    if job[0] == "extra":
+        return EXTRA_COST.get(job[1], 1.0)
+    return TASK_COST.get(get_arm(job[1]).task, 1.0)
+
+
+def describe_job(job: tuple) -> str:
+    return f"{job[1]} seed {job[3] if job[0] == 'cell' else job[2]}"
+
+
+def run_job(cfg_dict: dict, kind: str, *args) -> dict:
+    """A worker's job: a cell (cells.run_cell) or an extra (extras.run_extra)."""
+    if kind == "cell":
+        from preftune.claims.cells import run_cell
+
+        return run_cell(cfg_dict, *args)
+    from preftune.claims.extras import run_extra
+
+    return run_extra(cfg_dict, *args)
 
 
 def selection_value(metrics: dict, spec: str) -> float:
@@ -95,6 +109,7 @@ class Runner:
         self.results: dict = {}      # (arm, setting json, seed) -> cell result
         self.chosen: dict = {}       # arm -> setting
         self.searches: dict = {}     # arm -> search table
+        self.extras: dict = {}       # (extra, seed) -> result
 
     # ---- the worker pool (the bench's)
 
@@ -116,39 +131,55 @@ class Runner:
         return {role: (assets_of(self.cfg, arm.task, seed)["sft_model"] if source == "sft"
                        else self.model_path(source, seed)) for role, source in arm.aux.items()}
 
-    def run_cells(self, cells: list[tuple[Arm, dict, int]], desc: str) -> None:
-        from preftune.claims.cells import run_cell
-
-        jobs = [(arm.name, setting, seed, self.aux_paths(arm, seed)) for arm, setting, seed in cells]
-        for result in self.pool(run_cell, jobs, desc, lambda job: f"{job[0]} seed {job[2]}"):
-            self.results[(result["arm"], json.dumps(result["setting"], sort_keys=True), result["seed"])] = result
-
-    def settle(self, wave: list[Arm]) -> None:
-        """Search, choose, then run the final seeds, for one wave of arms."""
-        searched = [a for a in wave if a.search_as is None]
-        self.run_cells([(a, s, seed) for a in searched for s in settings_of(a, self.cfg.lr_grid, self.cfg.grid_points)
-                        for seed in self.cfg.search_seeds], "search")
-        for a in wave:
-            if a.search_as is None:
-                self.chosen[a.name], self.searches[a.name] = choose(self.cfg, a, self.results)
-            else:
-                self.chosen[a.name] = self.chosen[a.search_as]
-        self.run_cells([(a, self.chosen[a.name], seed) for a in wave for seed in self.cfg.seeds], "final")
-
-    # ---- extras and exact checks
-
-    def run_extras(self, claims: list[Claim]) -> dict:
-        from preftune.claims.extras import run_extra
-
-        extras = {e.name: e for c in claims for e in c.extras}
-        jobs = []
-        for extra in extras.values():
-            seeds = [None] if extra.seeds == "none" else self.cfg.seeds
-            for seed in seeds:
-                models = {name: self.model_path(name, seed) for name in extra.needs}
-                jobs.append((extra.name, seed, models, self.chosen))
-        found = self.pool(run_extra, jobs, "extras", lambda job: f"{job[0]} seed {job[1]}")
-        return {(r["extra"], r["seed"]): r for r in found}
+    def run(self, arms: list[Arm], extras: list[Extra]) -> None:
+        """Every cell and extra, in phases: each phase runs, in one worker pool, everything whose inputs
+        exist (a search needs the settings of the arms it reads; a final run needs its own setting and
+        the final models it reads; an extra needs its arms' settings and final models)."""
+        search_left = {a.name for a in arms if a.search_as is None}
+        final_left, finals_done = {a.name for a in arms}, set()
+        extra_left = {(e.name, seed) for e in extras for seed in ([None] if e.seeds == "none" else self.cfg.seeds)}
+        by_name = {e.name: e for e in extras}
+        phase = 0
+        while search_left or final_left or extra_left:
+            phase += 1
+            jobs, searching, finishing = [], set(), set()
+            for name in sorted(search_left):
+                arm = get_arm(name)
+                if all(d in self.chosen for d in arm.depends_on):
+                    searching.add(name)
+                    jobs += [("cell", name, setting, seed, self.aux_paths(arm, seed))
+                             for setting in settings_of(arm, self.cfg.lr_grid, self.cfg.grid_points)
+                             for seed in self.cfg.search_seeds]
+            for name in sorted(final_left):
+                arm = get_arm(name)
+                source = arm.search_as or name
+                reads = [d for d in arm.depends_on if d != arm.search_as]
+                if source in self.chosen and all(d in finals_done for d in reads):
+                    finishing.add(name)
+                    self.chosen.setdefault(name, self.chosen[source])
+                    jobs += [("cell", name, self.chosen[name], seed, self.aux_paths(arm, seed))
+                             for seed in self.cfg.seeds]
+            for name, seed in sorted(extra_left, key=str):
+                extra = by_name[name]
+                if all(n in finals_done for n in extra.needs) and all(n in self.chosen for n in extra.after):
+                    models = {n: self.model_path(n, seed) for n in extra.needs}
+                    jobs.append(("extra", name, seed, models, dict(self.chosen)))
+            if not jobs:
+                raise RuntimeError(f"claims: nothing can run; waiting: {sorted(search_left | final_left)}")
+            jobs.sort(key=job_cost, reverse=True)  # longest first, so that no long job starts last
+            self.log(f"  phase {phase}: {len(jobs)} jobs: searches of {len(searching)} arms, final runs of "
+                     f"{len(finishing)} arms, {sum(j[0] == 'extra' for j in jobs)} extras")
+            for result in self.pool(run_job, jobs, f"phase {phase}", describe_job):
+                if "extra" in result:
+                    self.extras[(result["extra"], result["seed"])] = result
+                    extra_left.discard((result["extra"], result["seed"]))
+                else:
+                    self.results[(result["arm"], json.dumps(result["setting"], sort_keys=True), result["seed"])] = result
+            for name in searching:
+                self.chosen[name], self.searches[name] = choose(self.cfg, get_arm(name), self.results)
+            search_left -= searching
+            final_left -= finishing
+            finals_done |= finishing
 
     @staticmethod
     def verify(claims: list[Claim]) -> dict:
@@ -216,12 +247,13 @@ def run_claims(cfg: ClaimsConfig, command: str, rows: list[str] | None = None, p
     make_assets(cfg, offline, cfg.all_seeds, progress, log)
     baselines = runner.pool(baselines_job, [(t, s) for t in offline for s in cfg.all_seeds], "baselines",
                             lambda job: f"{job[0]} seed {job[1]}")
-    log(f"[2/4] {len(arms)} arms: search on seeds {cfg.search_seeds} (validation), final on seeds {cfg.seeds} (test)")
-    for wave in waves(arms):
-        runner.settle(wave)
-    log("[3/4] extras and exact checks")
-    extras = runner.run_extras(claims)
+    extras = list({e.name: e for c in claims for e in c.extras}.values())
+    log(f"[2/4] {len(arms)} arms (search on seeds {cfg.search_seeds}, validation; final on seeds {cfg.seeds}, test) "
+        f"and {len(extras)} extras")
+    runner.run(arms, extras)
+    log("[3/4] exact checks (preftune verify)")
     verified = runner.verify(claims)
+    extras = runner.extras
     log("[4/4] verdicts")
     final = {(r["arm"], r["seed"]): r for r in runner.results.values() if r["seed"] in cfg.seeds}
     evidence = Evidence(cfg, final, runner.chosen, {(b["task"], b["seed"]): b for b in baselines}, extras, verified)

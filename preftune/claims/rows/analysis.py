@@ -30,6 +30,7 @@ def separability_single_vs_multi(cfg_dict: dict, seed: int, models: dict, chosen
     from preftune.eval.probe import run_probe
     from preftune.models import load_causal_lm, load_tokenizer
     from preftune.sampling import sample
+    from preftune.tasks.data import write_jsonl
 
     cfg = from_dict(ClaimsConfig, cfg_dict)
     task_name = "arithmetic"
@@ -46,10 +47,12 @@ def separability_single_vs_multi(cfg_dict: dict, seed: int, models: dict, chosen
             kept_single.append(row)
             multi.append({"prompt": row["prompt"], "chosen": row["chosen"], "rejected": wrong[0]})
     out_dir = cfg.run_dir / "extras" / "more-is-less" / f"seed{seed}"
-    reports = {name: run_probe(assets["sft_model"], rows, out_dir / name, seed=seed, progress=False,
-                               max_length=task_setting(cfg, task_name, "max_length", 32),
-                               max_prompt_length=task_setting(cfg, task_name, "max_prompt_length", 16))
-               for name, rows in (("single", kept_single), ("multi", multi))}
+    reports = {}
+    for name, rows in (("single", kept_single), ("multi", multi)):
+        path = write_jsonl(rows, out_dir / name / "pairs.jsonl")
+        reports[name] = run_probe(assets["sft_model"], str(path), out_dir / name, seed=seed, progress=False,
+                                  max_length=task_setting(cfg, task_name, "max_length", 32),
+                                  max_prompt_length=task_setting(cfg, task_name, "max_prompt_length", 16))
     accuracy = {name: next(iter(r["layers"].values()))["accuracy"] for name, r in reports.items()}
     (out_dir / "summary.json").write_text(json.dumps(accuracy))
     return {"single": accuracy["single"], "multi": accuracy["multi"], "pairs": len(multi)}

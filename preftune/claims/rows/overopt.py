@@ -89,7 +89,7 @@ def overopt_sweep(cfg_dict: dict, seed: int, models: dict, chosen: dict) -> dict
     return {k: (v if v is None or not isinstance(v, float) or math.isfinite(v) else None) for k, v in result.items()}
 
 
-SWEEP = Extra("overopt-sweep", overopt_sweep, needs=())
+SWEEP = Extra("overopt-sweep", overopt_sweep, after=(DPO_LENGTH.name,))
 
 
 @register_claim(
