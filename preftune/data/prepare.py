@@ -29,6 +29,9 @@ COMPATIBLE = {"pairwise": {"pairwise"}, "pointwise": {"pointwise", "pairwise"},
 def prepare_data(data_cfg, tokenizer, input_kind: str, seed: int = 0, source=None) -> PreparedData:
     """Load, validate, adapt and tokenize. `source` overrides data_cfg.source (e.g. an in-memory list)."""
     source = data_cfg.source if source is None else source
+    if input_kind not in COMPATIBLE:  # "rollout": the losses of preftune/rl train on their own samples
+        raise DataError(f"the objective takes {input_kind} data, which comes from sampling, not from a file: "
+                        f"train it with `preftune rl --config configs/rl/<method>.yaml`")
     if source in ("", None):
         raise DataError("no training data: set data.source to a file, a datasets directory or hf:owner/name")
     columns = dict(extra_columns=tuple(data_cfg.extra_columns), extra_responses=tuple(data_cfg.extra_responses))

@@ -14,5 +14,11 @@ for _module in pkgutil.iter_modules(__path__):
     if _module.name not in ("registry", "objective", "common", "state"):
         importlib.import_module(f"{__name__}.{_module.name}")
 
+# Method packages that live outside this folder but on this layer (pure loss functions that register
+# themselves the same way): the reinforcement-learning hybrids of preftune/rl/methods.
+EXTRA_METHOD_PACKAGES = ("preftune.rl.methods",)
+for _package in EXTRA_METHOD_PACKAGES:
+    importlib.import_module(_package)
+
 __all__ = ["CheckResult", "MethodSpec", "Objective", "all_methods", "build_objective", "get",
            "register", "tabular_check", "taxonomy"]

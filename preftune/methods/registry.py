@@ -13,7 +13,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-INPUT_KINDS = ("pairwise", "pointwise", "listwise", "any")
+# "rollout": sampled responses (K = 1, or K candidate steps) with their per-token quantities as extras;
+# the reinforcement-learning losses of preftune/rl/methods take it (preftune rl, not preftune train).
+INPUT_KINDS = ("pairwise", "pointwise", "listwise", "any", "rollout")
 STATUSES = ("stable", "experimental")
 # The four axes of "A Survey of DPO" (Liu et al. 2025, offline.md §18).
 TAXONOMY_AXES = ("data_strategy", "learning_framework", "constraint_mechanism", "model_property")
