@@ -170,3 +170,27 @@ def test_the_table_and_the_preregistration_render_and_replace_only_their_section
     assert "d1g35t" in text and "| dpo@arithmetic | arithmetic | dpo | sft |" in text
     page = "intro\n<!-- a -->\nold\n<!-- b -->\ntail\n"
     assert replace_between(page, "<!-- a -->", "<!-- b -->", "new") == "intro\n<!-- a -->\nnew\n<!-- b -->\ntail\n"
+
+
+def test_sample_entropy_of_a_uniform_model_is_length_times_log_vocabulary():
+    """With every weight zero, each next token is uniform over V, so -log pi(y|x) = |y| log V exactly."""
+    import math
+
+    import torch
+
+    from preftune.claims.metrics import sample_entropy
+    from preftune.models import build_tiny_model, build_tiny_tokenizer
+    from preftune.sampling import sample
+
+    tokenizer = build_tiny_tokenizer()
+    model = build_tiny_model(tokenizer)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.zero_()
+    prompts = ["1+2=", "3+4="]
+    found = sample_entropy(model, tokenizer, prompts, samples_per_prompt=3, max_new_tokens=5, seed=0)
+    drawn = sample(model, tokenizer, prompts, 3, 1.0, 1.0, 5, 256, 2, False)      # the same draw (seed + 2)
+    lengths = [len(ids) for *_, ids in drawn.flat()]
+    vocabulary = model.config.vocab_size
+    assert found["entropy"] == pytest.approx(sum(lengths) / len(lengths) * math.log(vocabulary), rel=1e-5)
+    assert 0 < found["distinct"] <= 1
