@@ -18,7 +18,8 @@ from preftune.claims.config import ClaimsConfig
 from preftune.config import ConfigError, from_dict, to_dict
 
 SPLITS = ("validation", "test")
-CLAIMS_ONLY = ("pair_prompts", "validation_prompts")   # per-task split sizes (the rest are the bench's TaskSettings)
+CLAIMS_ONLY = ("pair_prompts", "validation_prompts", "test_prompts")   # per-task split sizes (the rest are the
+                                                                        # bench's TaskSettings)
 
 
 def bench_config(cfg: ClaimsConfig, task: str | None = None):
@@ -62,7 +63,7 @@ def split_prompts(cfg: ClaimsConfig, name: str, split: str) -> list[str]:
     overlaps the preference prompts."""
     task = task_of(cfg, name)
     if split == "test":
-        return task.prompts("test", cfg.splits.test_prompts)
+        return task.prompts("test", (cfg.tasks[name] or {}).get("test_prompts", cfg.splits.test_prompts))
     if split != "validation":
         raise ValueError(f"claims: split must be one of {SPLITS}, got {split!r}")
     train = task.prompts("train")
@@ -137,8 +138,9 @@ def baselines_path(cfg: ClaimsConfig, task: str, seed: int) -> Path:
     return cfg.run_dir / "baselines" / task / f"seed{seed}.json"
 
 
-def eval_options(cfg: ClaimsConfig, task: str, seed: int) -> dict:
-    return dict(samples_per_prompt=cfg.splits.samples_per_prompt, max_new_tokens=task_setting(cfg, task, "max_new_tokens", 8),
+def eval_options(cfg: ClaimsConfig, task: str, seed: int, split: str) -> dict:
+    samples = cfg.splits.validation_samples_per_prompt if split == "validation" else cfg.splits.samples_per_prompt
+    return dict(samples_per_prompt=samples, max_new_tokens=task_setting(cfg, task, "max_new_tokens", 8),
                 seed=cfg.splits.eval_seed + seed, batch_size=cfg.splits.batch_size)
 
 
@@ -155,10 +157,10 @@ def baselines_job(cfg_dict: dict, task: str, seed: int) -> dict:
     assets = assets_of(cfg, task, seed)
     tokenizer = load_tokenizer(assets["sft_model"])
     sft, base = load_causal_lm(assets["sft_model"]), load_causal_lm(assets["base_model"])
-    the_task, options = task_of(cfg, task), eval_options(cfg, task, seed)
+    the_task = task_of(cfg, task)
     out = {"task": task, "seed": seed, "sft_model": assets["sft_model"], "base_model": assets["base_model"]}
     for split in SPLITS:
-        prompts = split_prompts(cfg, task, split)
+        prompts, options = split_prompts(cfg, task, split), eval_options(cfg, task, seed, split)
         scores = baseline_samples_scores(sft, tokenizer, the_task, prompts, **options)
         out[split] = {"baseline_scores": scores.tolist(),
                       "sft": evaluate_on_task(sft, tokenizer, the_task, prompts, reference=base,

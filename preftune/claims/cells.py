@@ -106,7 +106,8 @@ def evaluate_cell(cfg: ClaimsConfig, arm: Arm, seed: int, policy_dir: Path, spli
     policy, reference = load_causal_lm(str(policy_dir)), load_causal_lm(start)
     baselines = json.loads(baselines_path(cfg, arm.task, seed).read_text())
     baseline = torch.tensor(baselines[split]["baseline_scores"], dtype=torch.float64)
-    task, prompts, options = task_of(cfg, arm.task), split_prompts(cfg, arm.task, split), eval_options(cfg, arm.task, seed)
+    task, prompts = task_of(cfg, arm.task), split_prompts(cfg, arm.task, split)
+    options = eval_options(cfg, arm.task, seed, split)
     metrics = evaluate_on_task(policy, tokenizer, task, prompts, reference=reference, baseline_scores=baseline,
                                progress=False, **options)
     if "entropy" in arm.extra_metrics:

@@ -31,7 +31,8 @@ class SplitSettings:
 
     validation_prompts: int = 250
     test_prompts: int | None = None      # None: the whole test split
-    samples_per_prompt: int = 4          # samples at temperature 1 per prompt, for every metric
+    samples_per_prompt: int = 4          # samples at temperature 1 per test prompt, for every metric
+    validation_samples_per_prompt: int = 4   # per validation prompt (the search's score)
     eval_seed: int = 1234
     batch_size: int = 256
 

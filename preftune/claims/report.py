@@ -97,8 +97,38 @@ def format_paragraphs(report: dict) -> str:
     return "\n".join(lines)
 
 
+def budget_check(report: dict) -> str:
+    """Is the budget enough to move DPO? Per DPO arm from the SFT model: the SFT model's and DPO's test gold
+    reward, their paired difference, and DPO's own spread over seeds (the issue's bar: the difference
+    larger than that spread)."""
+    import statistics
+
+    lines = ["| arm | SFT gold reward | DPO gold reward | DPO − SFT (paired) | DPO's std over seeds | difference > spread |",
+             "|---|---|---|---|---|---|"]
+    for arm, entry in sorted(report.get("finals", {}).items()):
+        if entry["loss"] != "dpo" or entry["start"] != "sft":
+            continue
+        pairs = []
+        for seed, metrics in entry["seeds"].items():
+            sft = report.get("baselines", {}).get(f"{entry['task']}/seed{seed}", {}).get("test", {}).get("sft", {})
+            if "gold_reward" in (metrics or {}) and "gold_reward" in sft:
+                pairs.append((sft["gold_reward"], metrics["gold_reward"]))
+        if len(pairs) < 2:
+            continue
+        sft, dpo = [p[0] for p in pairs], [p[1] for p in pairs]
+        diff = [b - a for a, b in pairs]
+        spread = statistics.stdev(dpo)
+        lines.append(f"| {arm} | {statistics.fmean(sft):.3f} | {statistics.fmean(dpo):.3f} | "
+                     f"{statistics.fmean(diff):+.3f} ± {statistics.stdev(diff):.3f} | {spread:.3f} | "
+                     f"{'yes' if abs(statistics.fmean(diff)) > spread else 'no'} |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def format_markdown(report: dict) -> str:
-    return "\n".join(["## Verdicts", "", format_table(report), "", "## Rows", "", format_paragraphs(report)])
+    check = budget_check(report)
+    return "\n".join(["## Verdicts", "", format_table(report), "",
+                      *(["### Does the budget move DPO?", "", check, ""] if check else []),
+                      "## Rows", "", format_paragraphs(report)])
 
 
 def format_preregistration(prereg: dict, digest: str) -> str:

@@ -267,6 +267,7 @@ def run_claims(cfg: ClaimsConfig, command: str, rows: list[str] | None = None, p
                                    + sum(r.get("cpu_seconds", 0.0) for r in extras.values()), 1),
               "chosen": runner.chosen, "searches": runner.searches, "rows": judged,
               "cell_seconds": cell_seconds(runner.results.values()),
+              "finals": finals_by_arm(final.values()),
               "baselines": {f"{b['task']}/seed{b['seed']}": {split: {who: b[split][who] for who in ("sft", "base")}
                                                                for split in ("validation", "test")} for b in baselines},
               "extras": {f"{name}/seed{seed}": v for (name, seed), v in extras.items()},
@@ -276,6 +277,17 @@ def run_claims(cfg: ClaimsConfig, command: str, rows: list[str] | None = None, p
 
     write_outputs(report, run_dir)
     return report
+
+
+def finals_by_arm(cells) -> dict:
+    """arm -> {task, start, seeds: {seed: metrics}} of the final cells (test split)."""
+    out: dict = {}
+    for cell in cells:
+        arm = get_arm(cell["arm"])
+        entry = out.setdefault(cell["arm"], {"task": arm.task, "loss": arm.loss, "start": arm.start, "seeds": {}})
+        entry["seeds"][str(cell["seed"])] = cell.get("metrics") if cell.get("status") == "ok" else \
+            {"error": cell.get("error")}
+    return out
 
 
 def cell_seconds(results) -> dict:
