@@ -135,9 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     _quiet_libraries()
-    from preftune import cli_measure
-
-    from preftune import cli_claims
+    from preftune import cli_claims, cli_measure
 
     takes_overrides = ("train", "sft", "quickstart", "online", "claims", *cli_measure.TAKES_OVERRIDES)
     if args.command not in takes_overrides:
@@ -146,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     handler = {"train": cmd_train, "sft": cmd_train, "eval": cmd_eval, "generate": cmd_generate,
                "methods": cmd_methods, "verify": cmd_verify, "quickstart": cmd_quickstart,
                "online": cmd_online, "claims": cli_claims.cmd_claims, **cli_measure.HANDLERS}[args.command]
+    import preftune.train  # noqa: F401  (registers the built-in models a training run makes: builtin:arithmetic-sft)
     from preftune.config import ConfigError
     from preftune.data.formats import DataError
 
@@ -161,13 +160,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def cmd_train(args, overrides: list[str]) -> int:
     from preftune.config import load_config
-    from preftune.train.loop import train
+    from preftune.train.runner import run_training
 
     base = {"loss": "sft", "reference": "none", "name": "sft"} if args.command == "sft" else None
     cfg = load_config(args.config, overrides, base=base)
     if args.command == "sft" and cfg.loss != "sft" and "sft" not in (cfg.loss if isinstance(cfg.loss, dict) else {}):
         raise ValueError("`preftune sft` trains the sft objective; use `preftune train` for other losses")
-    run_dir = train(cfg, resume=args.resume)
+    run_dir = run_training(cfg, resume=args.resume)
     from accelerate import PartialState
 
     if not PartialState().is_main_process:  # one report per distributed run

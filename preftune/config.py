@@ -124,7 +124,7 @@ class DiagnosticsConfig:
 
 @dataclass
 class SpeedConfig:
-    """Fast paths for log-probs and the reference (preftune/fastpath.py, preftune/reference_cache.py).
+    """Fast paths for log-probs and the reference (preftune/fastpath/, preftune/reference_cache.py).
 
     Each fast path gives the plain path's values; a model that cannot take one (probed once)
     silently uses the plain concatenated batch instead.

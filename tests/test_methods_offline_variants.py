@@ -568,7 +568,7 @@ def test_beta_dpo_stop_and_resume_gives_the_same_run_as_an_uninterrupted_one(tin
 
     from preftune.config import load_config
     from preftune.tasks import get_task
-    from preftune.train.loop import train
+    from preftune.train.runner import run_training
 
     task, rng = get_task("arithmetic"), random.Random(0)
     pairs = tmp_path / "pairs.jsonl"
@@ -586,11 +586,11 @@ def test_beta_dpo_stop_and_resume_gives_the_same_run_as_an_uninterrupted_one(tin
         if step == 3:
             raise KeyboardInterrupt
 
-    straight = train(config("straight"))
+    straight = run_training(config("straight"))
     resumed_cfg = config("resumed")
     with pytest.raises(KeyboardInterrupt):
-        train(resumed_cfg, on_step_end=stop_at_step_three)
-    resumed = train(resumed_cfg, resume=True)
+        run_training(resumed_cfg, on_step_end=stop_at_step_three)
+    resumed = run_training(resumed_cfg, resume=True)
 
     def metrics(run_dir):
         return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

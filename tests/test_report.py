@@ -44,7 +44,7 @@ def training_run(tmp_path_factory):
     """A few DPO steps of the tiny model on arithmetic pairs, with diagnostics every 2 steps."""
     from preftune.config import load_config
     from preftune.models import save_tiny_model
-    from preftune.train.loop import train
+    from preftune.train.runner import run_training
 
     tmp = tmp_path_factory.mktemp("report")
     base = save_tiny_model(tmp / "base")
@@ -53,7 +53,7 @@ def training_run(tmp_path_factory):
                              "--loss.dpo.beta=0.5", "--data.source=task:arithmetic", "--data.eval_fraction=0.2",
                              "--train.steps=4", "--train.batch_size=8", "--train.lr=1e-3", "--train.progress=false",
                              "--diagnostics.every=2", "--diagnostics.prompts=4", "--diagnostics.max_new_tokens=4"])
-    return train(cfg, data_source=rows)
+    return run_training(cfg, data_source=rows)
 
 
 @pytest.mark.slow

@@ -15,10 +15,11 @@ class PreparedData:
     kind: str
     report: LoadReport
     truncation: dict = field(default_factory=dict)
+    origin: dict = field(default_factory=dict)  # how the rows were made, e.g. {"task": sampling statistics}
 
     def summary(self) -> dict:
         return {"kind": self.kind, "train_examples": len(self.train), "eval_examples": len(self.eval),
-                "load": self.report.as_dict(), "truncation": self.truncation}
+                "load": self.report.as_dict(), "truncation": self.truncation, **self.origin}
 
 
 # Which data kinds each objective input kind can train on (pairs are split for pointwise methods).

@@ -134,11 +134,11 @@ def _training_section(page: Page, run_dir: Path, plots: Path, title: str = "Trai
             page.mapping(summary["eval"], "held-out evaluation")
     metrics = read_metrics(run_dir)
     if any("loss" in r for r in metrics):
-        page.image(plot_training(run_dir, plots / f"{run_dir.name}_training.png"), "training curves: loss, accuracy, "
+        page.image(plot_training(metrics, plots / f"{run_dir.name}_training.png"), "training curves: loss, accuracy, "
                    "margin, chosen and rejected log-likelihood")
     diagnostics = [r for r in metrics if any(k.startswith("diag/") for k in r)]
     if diagnostics:
-        page.image(plot_diagnostics(run_dir, plots / f"{run_dir.name}_diagnostics.png"), "training diagnostics on "
+        page.image(plot_diagnostics(metrics, plots / f"{run_dir.name}_diagnostics.png"), "training diagnostics on "
                    "held-out data")
         from preftune.eval.diagnostics import diagnostic_warnings
 
