@@ -69,7 +69,7 @@ def run_config(cfg: ClaimsConfig, arm: Arm, setting: dict, seed: int, start: str
 
 def train_cell(cfg: ClaimsConfig, arm: Arm, setting: dict, seed: int, aux_paths: dict) -> Path:
     """Train the cell (one stage, or the two stages of SFT-then-DPO); returns the final run directory."""
-    from preftune.train.loop import train
+    from preftune.train.runner import run_training as train
 
     assets = assets_of(cfg, arm.task, seed)
     start = start_model(assets, arm.start)

@@ -49,8 +49,9 @@ def overopt_sweep(cfg_dict: dict, seed: int, models: dict, chosen: dict) -> dict
     from preftune.claims.assets import assets_of, preference_rows, task_setting
     from preftune.claims.config import ClaimsConfig
     from preftune.config import RunConfig, from_dict
-    from preftune.eval.sweep import fit_overopt_curve, sweep_points
-    from preftune.train.loop import train
+    from preftune.bench.sweep import sweep_points
+    from preftune.eval.sweep import fit_overopt_curve
+    from preftune.train.runner import run_training
     from preftune.train.metrics import read_metrics
 
     cfg = from_dict(ClaimsConfig, cfg_dict)
@@ -72,7 +73,7 @@ def overopt_sweep(cfg_dict: dict, seed: int, models: dict, chosen: dict) -> dict
                           "seed": seed, "progress": False, "log_every": 10},
                 "diagnostics": {"every": max(1, steps // SWEEP_EVALUATIONS), "examples": 64, "prompts": 64, "samples_per_prompt": 4,
                                 "max_new_tokens": task_setting(cfg, task, "max_new_tokens", 24)}}
-        run_dirs[beta] = train(from_dict(RunConfig, spec), data_source=rows)
+        run_dirs[beta] = run_training(from_dict(RunConfig, spec), data_source=rows)
     points = sweep_points(run_dirs)
     for beta in SWEEP_BETAS:  # the gain over the run's own start (every run starts at the SFT model)
         start = next(p["gold_reward"] for p in points if p["value"] == beta and p["step"] == 0)
