@@ -162,7 +162,7 @@ def test_the_table_and_the_preregistration_render_and_replace_only_their_section
               "chosen": {"a": {"beta": 0.1, "lr": 3e-05}}, "cell_seconds": {"a": 12.0}}
     table = format_table(report)
     assert "| x | offline | **reproduced** | +0.050 [+0.010, +0.090] |" in table and "a: beta 0.1, lr 3e-05" in table
-    assert "load 1.0 → 2.0" in table
+    assert "load 1.0 at the start, 2.0 at the end" in table
     cfg = load_claims_config("configs/claims/full.yaml")
     from preftune.claims.prereg import preregistration
 

@@ -51,14 +51,16 @@ def row_seconds(report: dict, row: dict) -> float:
 def format_table(report: dict) -> str:
     machine = report.get("machine", {})
     invocations = report.get("invocations", [])
-    loads = "; ".join(f"load {i['load_start'][0]:.1f} → {i['load_end'][0]:.1f}" for i in invocations
-                      if "load_start" in i)
+    loads = "; ".join(f"load {i['load_start'][0]:.1f} at the start, {i['load_end'][0]:.1f} at the end"
+                      + (f", {min(i['loads_after_each_pool']):.1f} to {max(i['loads_after_each_pool']):.1f} between "
+                         f"phases" if i.get("loads_after_each_pool") else "")
+                      for i in invocations if "load_start" in i)
     counts = {v: sum(r["verdict"] == v for r in report["rows"]) for v in ("reproduced", "not reproduced", "inconclusive")}
     lines = [f"Command: `{report['command']}`", "",
              f"{len(report['rows'])} rows: {counts['reproduced']} reproduced, {counts['not reproduced']} not reproduced, "
              f"{counts['inconclusive']} inconclusive. Wall time {report['wall_seconds'] / 60:.1f} min over "
-             f"{len(invocations)} invocation(s) ({loads}; 1-minute load averages at start and end, which count other "
-             f"users of the machine) with {report['config']['workers']} worker processes of "
+             f"{len(invocations)} invocation(s) ({loads}: 1-minute load averages, which count other users of the "
+             f"machine; a quiet 2-core machine has a load of about 2 while this runs) with {report['config']['workers']} worker processes of "
              f"{report['config']['threads_per_worker']} thread(s) on {machine.get('cpu_count')} CPUs "
              f"({', '.join(machine.get('cpu_flags', [])) or 'no flags read'}; fp32); "
              f"{report.get('cpu_seconds', 0) / 60:.1f} CPU-minutes in cells and extras. "

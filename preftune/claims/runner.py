@@ -110,13 +110,16 @@ class Runner:
         self.chosen: dict = {}       # arm -> setting
         self.searches: dict = {}     # arm -> search table
         self.extras: dict = {}       # (extra, seed) -> result
+        self.loads: list = []        # the 1-minute load average after each pool (other users of the machine count)
 
     # ---- the worker pool (the bench's)
 
     def pool(self, fn, jobs: list[tuple], desc: str, describe) -> list:
         from preftune.bench import _run_jobs
 
-        return _run_jobs(self.cfg, fn, jobs, desc, self.progress, describe)
+        done = _run_jobs(self.cfg, fn, jobs, desc, self.progress, describe)
+        self.loads.append(round(os.getloadavg()[0], 2))
+        return done
 
     # ---- cells
 
@@ -259,7 +262,8 @@ def run_claims(cfg: ClaimsConfig, command: str, rows: list[str] | None = None, p
     evidence = Evidence(cfg, final, runner.chosen, {(b["task"], b["seed"]): b for b in baselines}, extras, verified)
     judged = [judge_claim(c, evidence) for c in claims]
     invocations = _invocations(run_dir) + [{"command": command, "wall_seconds": round(time.perf_counter() - started, 1),
-                                            "load_start": list(load_start), "load_end": list(os.getloadavg())}]
+                                            "load_start": list(load_start), "load_end": list(os.getloadavg()),
+                                            "loads_after_each_pool": runner.loads}]
     (run_dir / "invocations.json").write_text(json.dumps(invocations, indent=1))
     report = {"command": command, "preregistration_digest": digest, "config": to_dict(cfg), "machine": machine(),
               "wall_seconds": round(sum(i["wall_seconds"] for i in invocations), 1), "invocations": invocations,
