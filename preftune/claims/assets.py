@@ -81,7 +81,8 @@ def make_assets(cfg: ClaimsConfig, tasks: list[str], seeds: list[int], progress:
     """Base models, SFT models and samples of every (task, seed), in the bench's worker pool and order:
     base models, then SFT models (longest first), then samples (tasks sharing an SFT model and prompts
     share them)."""
-    from preftune.bench import _base_job, _run_jobs, _sft_job, sft_cost, sft_key
+    from preftune.bench import _run_jobs, sft_cost, sft_key
+    from preftune.bench.run import _base_job, _sft_job
 
     if not tasks:
         return

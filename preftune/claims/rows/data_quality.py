@@ -11,6 +11,7 @@ Curry-DPO).
 """
 from __future__ import annotations
 
+from preftune.claims import stats
 from preftune.claims.arms import DPO_BETAS, arm, betas
 from preftune.claims.registry import register_claim
 from preftune.claims.rows.baselines import DPO_ARITHMETIC, DPO_MARGINS, DPO_NOISY
@@ -45,7 +46,9 @@ def adpo_claim(ev):
                  for s in ev.seeds}
     dpo_drop = {s: ev.final(DPO_ARITHMETIC.name, "gold_reward")[s] - ev.final(DPO_NOISY.name, "gold_reward")[s]
                 for s in ev.seeds}
-    return [ev.difference("gold reward lost to noise: DPO's − ADPO's", dpo_drop, adpo_drop, "gold_reward")]
+    return [ev.difference("gold reward lost to noise: DPO's − ADPO's", dpo_drop, adpo_drop, "gold_reward"),
+            ev.part("mechanism: DPO's gold reward lost to noise (reported)", dpo_drop, "gold_reward",
+                    kind=stats.REPORTED)]
 
 
 @register_claim(

@@ -35,7 +35,8 @@ def simpo_claim(ev):
                      f"needs_reference = {get('simpo').needs_reference}"),
             ev.compare(SIMPO.name, DPO_LENGTH.name, "win_rate", stats.NON_INFERIORITY),
             ev.compare(SIMPO.name, DPO_LENGTH.name, "length", stats.NON_INFERIORITY, lower_is_better=True,
-                       unit="tokens")]
+                       unit="tokens"),
+            padding(ev)]
 
 
 @register_claim(
@@ -48,4 +49,11 @@ def simpo_claim(ev):
     arms=(LD_DPO.name, DPO_LENGTH.name))
 def ld_dpo_claim(ev):
     return [ev.compare(LD_DPO.name, DPO_LENGTH.name, "length", lower_is_better=True, unit="tokens"),
-            ev.compare(LD_DPO.name, DPO_LENGTH.name, "gold_reward", stats.NON_INFERIORITY)]
+            ev.compare(LD_DPO.name, DPO_LENGTH.name, "gold_reward", stats.NON_INFERIORITY),
+            padding(ev)]
+
+
+def padding(ev):
+    """The mechanism, reported: how much longer DPO's answers are than the SFT model's."""
+    return ev.difference("mechanism: length, DPO − SFT model (reported)", ev.final(DPO_LENGTH.name, "length"),
+                         ev.start_model(DPO_LENGTH.task, "length"), "length", kind=stats.REPORTED, unit="tokens")
