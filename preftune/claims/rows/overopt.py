@@ -19,6 +19,7 @@ from preftune.claims.rows.baselines import DPO_LENGTH
 SWEEP_BETAS = (0.03, 0.1, 0.3, 1.0)   # `preftune sweep`'s default values
 SWEEP_STEPS_FACTOR = 2                # x the preference budget
 SWEEP_EVALUATIONS = 12                # diagnostics logged this many times per run (and at step 0)
+SWEEP_PROMPTS = 64                    # held-out prompts of each diagnostics evaluation (fewer in a smoke run)
 INDICATORS = {"entropy": "diag/top10_entropy", "mass": "diag/top10_mass"}
 
 
@@ -71,7 +72,8 @@ def overopt_sweep(cfg_dict: dict, seed: int, models: dict, chosen: dict) -> dict
                 "train": {"steps": steps, "batch_size": cfg.preference.batch_size,
                           "lr": chosen[DPO_LENGTH.name]["lr"], "warmup_ratio": cfg.preference.warmup_ratio,
                           "seed": seed, "progress": False, "log_every": 10},
-                "diagnostics": {"every": max(1, steps // SWEEP_EVALUATIONS), "examples": 64, "prompts": 64, "samples_per_prompt": 4,
+                "diagnostics": {"every": max(1, steps // SWEEP_EVALUATIONS), "examples": 64,
+                                "prompts": min(SWEEP_PROMPTS, cfg.splits.test_prompts or SWEEP_PROMPTS), "samples_per_prompt": 4,
                                 "max_new_tokens": task_setting(cfg, task, "max_new_tokens", 24)}}
         run_dirs[beta] = run_training(from_dict(RunConfig, spec), data_source=rows)
     points = sweep_points(run_dirs)
