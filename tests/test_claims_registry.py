@@ -194,3 +194,26 @@ def test_sample_entropy_of_a_uniform_model_is_length_times_log_vocabulary():
     vocabulary = model.config.vocab_size
     assert found["entropy"] == pytest.approx(sum(lengths) / len(lengths) * math.log(vocabulary), rel=1e-5)
     assert 0 < found["distinct"] <= 1
+
+
+def test_an_arm_whose_search_fails_fails_what_reads_it_and_the_rest_runs(tmp_path):
+    from preftune.claims.catalogue import get_claim
+    from preftune.claims.runner import Runner
+
+    cfg = load_claims_config("configs/claims/smoke.yaml", [f"--output_dir={tmp_path}/{{name}}"])
+    claims = [get_claim(row) for row in ("tgdpo", "r2q", "ld-dpo")]
+
+    def fake_pool(fn, jobs, desc, describe):
+        return [{"extra": j[1], "seed": j[2], "status": "ok"} if j[0] == "extra" else
+                {"arm": j[1], "setting": j[2], "seed": j[3], "status": "error", "error": "DataError: no rows"}
+                if j[1] == "dpo@multistep" else
+                {"arm": j[1], "setting": j[2], "seed": j[3], "status": "ok", "metrics": {"gold_reward": 0.5}}
+                for j in jobs]
+
+    runner = Runner(cfg, progress=False, log=lambda *_: None)
+    runner.pool, runner.aux_paths = fake_pool, lambda arm, seed: {}
+    runner.run(arms_needed(claims), [e for c in claims for e in c.extras])
+    assert "no rows" in runner.failed["dpo@multistep"] and "needs dpo@multistep" in runner.failed["tgdpo@multistep"]
+    assert runner.extras[("r2q-beam", 1)]["status"] == "error"
+    assert runner.results[("tgdpo@multistep", "failed", 1)]["status"] == "error"
+    assert "ld_dpo@length-bias" in runner.chosen                # the other rows run as usual

@@ -109,6 +109,7 @@ class Runner:
         self.results: dict = {}      # (arm, setting json, seed) -> cell result
         self.chosen: dict = {}       # arm -> setting
         self.searches: dict = {}     # arm -> search table
+        self.failed: dict = {}       # arm -> why it could not run
         self.extras: dict = {}       # (extra, seed) -> result
         self.loads: list = []        # the 1-minute load average after each pool (other users of the machine count)
 
@@ -137,19 +138,23 @@ class Runner:
     def run(self, arms: list[Arm], extras: list[Extra]) -> None:
         """Every cell and extra, in phases: each phase runs, in one worker pool, everything whose inputs
         exist (a search needs the settings of the arms it reads; a final run needs its own setting and
-        the final models it reads; an extra needs its arms' settings and final models)."""
+        the final models it reads; an extra needs its arms' settings and final models). An arm whose
+        every search cell failed fails its final runs, and so does whatever reads it: their rows say why."""
         search_left = {a.name for a in arms if a.search_as is None}
         final_left, finals_done = {a.name for a in arms}, set()
         extra_left = {(e.name, seed) for e in extras for seed in ([None] if e.seeds == "none" else self.cfg.seeds)}
         by_name = {e.name: e for e in extras}
+        settled = lambda n: n in self.chosen or n in self.failed  # noqa: E731
         phase = 0
         while search_left or final_left or extra_left:
-            phase += 1
+            phase, waiting = phase + 1, len(extra_left)
             jobs, searching, finishing = [], set(), set()
             for name in sorted(search_left):
                 arm = get_arm(name)
-                if all(d in self.chosen for d in arm.depends_on):
+                if all(settled(d) for d in arm.depends_on):
                     searching.add(name)
+                    if self.blocked(arm.depends_on, name):
+                        continue
                     jobs += [("cell", name, setting, seed, self.aux_paths(arm, seed))
                              for setting in settings_of(arm, self.cfg.lr_grid, self.cfg.grid_points)
                              for seed in self.cfg.search_seeds]
@@ -157,32 +162,58 @@ class Runner:
                 arm = get_arm(name)
                 source = arm.search_as or name
                 reads = [d for d in arm.depends_on if d != arm.search_as]
-                if source in self.chosen and all(d in finals_done for d in reads):
+                if settled(source) and all(d in finals_done for d in reads):
                     finishing.add(name)
+                    if self.blocked((source, *reads), name):
+                        self.record_failures(name)
+                        continue
                     self.chosen.setdefault(name, self.chosen[source])
                     jobs += [("cell", name, self.chosen[name], seed, self.aux_paths(arm, seed))
                              for seed in self.cfg.seeds]
             for name, seed in sorted(extra_left, key=str):
                 extra = by_name[name]
-                if all(n in finals_done for n in extra.needs) and all(n in self.chosen for n in extra.after):
+                if all(n in finals_done for n in extra.needs) and all(settled(n) for n in extra.after):
+                    failed = [n for n in (*extra.needs, *extra.after) if n in self.failed]
+                    if failed:
+                        self.extras[(name, seed)] = {"extra": name, "seed": seed, "status": "error",
+                                                     "error": f"{failed[0]} failed: {self.failed[failed[0]]}"}
+                        extra_left.discard((name, seed))
+                        continue
                     models = {n: self.model_path(n, seed) for n in extra.needs}
                     jobs.append(("extra", name, seed, models, dict(self.chosen)))
-            if not jobs:
+            if not (jobs or searching or finishing or len(extra_left) < waiting):
                 raise RuntimeError(f"claims: nothing can run; waiting: {sorted(search_left | final_left)}")
             jobs.sort(key=job_cost, reverse=True)  # longest first, so that no long job starts last
             self.log(f"  phase {phase}: {len(jobs)} jobs: searches of {len(searching)} arms, final runs of "
                      f"{len(finishing)} arms, {sum(j[0] == 'extra' for j in jobs)} extras")
-            for result in self.pool(run_job, jobs, f"phase {phase}", describe_job):
+            for result in self.pool(run_job, jobs, f"phase {phase}", describe_job) if jobs else []:
                 if "extra" in result:
                     self.extras[(result["extra"], result["seed"])] = result
                     extra_left.discard((result["extra"], result["seed"]))
                 else:
                     self.results[(result["arm"], json.dumps(result["setting"], sort_keys=True), result["seed"])] = result
-            for name in searching:
-                self.chosen[name], self.searches[name] = choose(self.cfg, get_arm(name), self.results)
+            for name in searching - set(self.failed):
+                try:
+                    self.chosen[name], self.searches[name] = choose(self.cfg, get_arm(name), self.results)
+                except RuntimeError as error:
+                    self.failed[name] = str(error)
             search_left -= searching
             final_left -= finishing
             finals_done |= finishing
+
+    def blocked(self, sources, name: str) -> bool:
+        """Whether an arm cannot run because an arm it needs failed (recorded as its own failure)."""
+        failed = [s for s in sources if s in self.failed]
+        if failed and name not in self.failed:
+            self.failed[name] = f"needs {failed[0]}, which failed: {self.failed[failed[0]]}"
+        return name in self.failed
+
+    def record_failures(self, name: str) -> None:
+        """Final results that carry the arm's failure, so that its rows report it."""
+        for seed in self.cfg.seeds:
+            self.results[(name, "failed", seed)] = {"arm": name, "seed": seed, "setting": None, "status": "error",
+                                                    "error": self.failed[name]}
+
 
     @staticmethod
     def verify(claims: list[Claim]) -> dict:
