@@ -58,7 +58,8 @@ def cmd_claims(args, overrides: list[str]) -> int:
         return 0
     if args.preregister:
         arms = arms_needed(claims)
-        path = write_docs(args.docs or DOCS, prereg=preregistration(cfg, arms), digest=preregistration_digest(cfg, arms))
+        path = write_docs(args.docs or DOCS, prereg=preregistration(cfg, arms, claims),
+                          digest=preregistration_digest(cfg, arms, claims))
         print(f"pre-registration written to {path}")
         return 0
     command = " ".join(shlex.quote(a) for a in ["preftune", "claims", *args.rows,
@@ -69,7 +70,7 @@ def cmd_claims(args, overrides: list[str]) -> int:
     print(format_markdown(report))
     if args.docs:
         arms = arms_needed(claims)
-        write_docs(args.docs, report, preregistration(cfg, arms), report["preregistration_digest"])
+        write_docs(args.docs, report, preregistration(cfg, arms, claims), report["preregistration_digest"])
         print(f"verdicts written to {args.docs}")
     print(f"run directory: {cfg.run_dir} (claims.json, claims.md, plots/); `preftune report {cfg.run_dir}`")
     return 0

@@ -135,12 +135,14 @@ def test_online_summary_metrics_read_the_first_and_last_iteration_and_forgetting
 
 
 def test_the_preregistration_digest_moves_with_a_grid_or_a_seed_and_not_with_workers():
-    arms = arms_needed(all_claims())
-    cfg = load_claims_config("configs/claims/full.yaml")
-    digest = preregistration_digest(cfg, arms)
-    assert preregistration_digest(load_claims_config("configs/claims/full.yaml", ["--workers=1"]), arms) == digest
-    assert preregistration_digest(load_claims_config("configs/claims/full.yaml", ["--seeds=[1,2,3,4,6]"]), arms) != digest
-    assert preregistration_digest(load_claims_config("configs/claims/full.yaml", ["--lr_grid=[0.00001]"]), arms) != digest
+    claims = all_claims()
+    arms = arms_needed(claims)
+
+    def digest(*overrides):
+        return preregistration_digest(load_claims_config("configs/claims/full.yaml", list(overrides)), arms, claims)
+
+    assert digest("--workers=1") == digest() != digest("--seeds=[1,2,3,4,6]")
+    assert digest("--lr_grid=[0.00001]") != digest()
 
 
 def test_search_and_final_seeds_may_not_overlap():
@@ -166,7 +168,7 @@ def test_the_table_and_the_preregistration_render_and_replace_only_their_section
     cfg = load_claims_config("configs/claims/full.yaml")
     from preftune.claims.prereg import preregistration
 
-    text = format_preregistration(preregistration(cfg, arms_needed(all_claims())), "d1g35t")
+    text = format_preregistration(preregistration(cfg, arms_needed(all_claims()), all_claims()), "d1g35t")
     assert "d1g35t" in text and "| dpo@arithmetic | arithmetic | dpo | sft |" in text
     page = "intro\n<!-- a -->\nold\n<!-- b -->\ntail\n"
     assert replace_between(page, "<!-- a -->", "<!-- b -->", "new") == "intro\n<!-- a -->\nnew\n<!-- b -->\ntail\n"

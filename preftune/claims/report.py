@@ -135,7 +135,9 @@ def format_markdown(report: dict) -> str:
 
 def format_preregistration(prereg: dict, digest: str) -> str:
     """The pre-registration as Markdown: everything fixed before the final run."""
-    lines = [f"Digest `{digest}` (sha256 of the settings below, written into claims.json by every run).", "",
+    lines = [f"Digest `{digest}` (sha256 of the settings below and of the row modules, the decision rule and the "
+             f"evidence accessors, code digest `{prereg.get('code', '–')}`; written into claims.json by every run).",
+             "",
              f"- Seeds: search {prereg['search_seeds']} (validation split only), final {prereg['seeds']} (test split "
              f"only); the two sets never overlap.",
              f"- Splits: preference data from the first train prompts of each task; validation = the last train "
@@ -168,6 +170,9 @@ def format_preregistration(prereg: dict, digest: str) -> str:
             grid = f"(setting of {arm['search_as']})"
         lines.append(f"| {name} | {arm['task']} | {arm['loss']} | {arm['start']} | {grid} | "
                      f"{_setting(arm['fixed']) if arm['fixed'] else '–'} | {arm['selection']} |")
+    lines += ["", "What each row runs, and the parts its verdict is made of:", ""]
+    for row, claim in prereg.get("rows", {}).items():
+        lines.append(f"- **{row}** ({claim['family']}): {claim['miniature']}")
     return "\n".join(lines)
 
 

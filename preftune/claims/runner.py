@@ -272,9 +272,9 @@ def run_claims(cfg: ClaimsConfig, command: str, rows: list[str] | None = None, p
     run_dir.mkdir(parents=True, exist_ok=True)
     claims = selected_claims(cfg, rows)
     arms = arms_needed(claims)
-    digest = preregistration_digest(cfg, arms)
-    (run_dir / "preregistration.json").write_text(json.dumps({"digest": digest, **preregistration(cfg, arms)},
-                                                             indent=1, default=str))
+    digest = preregistration_digest(cfg, arms, claims)
+    (run_dir / "preregistration.json").write_text(
+        json.dumps({"digest": digest, **preregistration(cfg, arms, claims)}, indent=1, default=str))
     runner = Runner(cfg, progress, log)
     offline = sorted({a.task for a in arms if a.kind == "offline"})
     log(f"[1/4] assets for {len(offline)} tasks x {len(cfg.all_seeds)} seeds ({', '.join(offline) or 'none'})")
