@@ -42,7 +42,8 @@ def separability_single_vs_multi(cfg_dict: dict, seed: int, models: dict, chosen
                    cfg.splits.batch_size, seed + 17, False).texts
     kept_single, multi = [], []
     for row, texts in zip(single, drawn):
-        wrong = [t for t in texts if t.strip() and task.score(row["prompt"], t) < task.score(row["prompt"], row["chosen"])]
+        bar = task.score(row["prompt"], row["chosen"])
+        wrong = [t for t in texts if usable(t) and task.score(row["prompt"], t) < bar]
         if wrong:
             kept_single.append(row)
             multi.append({"prompt": row["prompt"], "chosen": row["chosen"], "rejected": wrong[0]})
@@ -56,6 +57,16 @@ def separability_single_vs_multi(cfg_dict: dict, seed: int, models: dict, chosen
     accuracy = {name: next(iter(r["layers"].values()))["accuracy"] for name, r in reports.items()}
     (out_dir / "summary.json").write_text(json.dumps(accuracy))
     return {"single": accuracy["single"], "multi": accuracy["multi"], "pairs": len(multi)}
+
+
+def usable(text: str) -> bool:
+    """A sample the data layer accepts as a response: not blank, no NUL byte, valid Unicode (the base model,
+    barely trained, samples arbitrary bytes)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return bool(text.strip()) and "\x00" not in text
 
 
 @register_claim(
@@ -141,7 +152,8 @@ def insights_claim(ev):
 
 @register_claim(
     "egida-safety", "analysis",
-    "a safety task with unsafe/attack-style prompts; attack success rate falls after DPO while over-refusal is measured",
+    "a safety task with unsafe/attack-style prompts; attack success rate falls after DPO while over-refusal is "
+    "measured",
     """The safety task (invented harmful and benign requests under attack-style templates; test prompts
     include unseen names and unseen styles) from each seed's SFT model, which complies with harmful
     requests at a style-dependent rate. DPO (β and learning rate searched) on the gold-labelled pairs of
