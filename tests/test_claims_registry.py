@@ -219,3 +219,33 @@ def test_an_arm_whose_search_fails_fails_what_reads_it_and_the_rest_runs(tmp_pat
     assert runner.extras[("r2q-beam", 1)]["status"] == "error"
     assert runner.results[("tgdpo@multistep", "failed", 1)]["status"] == "error"
     assert "ld_dpo@length-bias" in runner.chosen                # the other rows run as usual
+
+
+def test_every_judge_turns_per_seed_numbers_into_judged_parts():
+    """Each row's judge on synthetic evidence: every metric it reads has a smallest effect of interest,
+    and it returns parts with judgements (a judge that breaks on real numbers would cost a full run)."""
+    from preftune.claims.evidence import Evidence
+    from preftune.claims.stats import combine
+
+    cfg = load_claims_config("configs/claims/full.yaml")
+
+    class Synthetic(Evidence):
+        def final(self, arm, metric):
+            return {s: 0.5 + 0.01 * s + 0.001 * len(arm) for s in self.seeds}
+
+        def start_model(self, task, metric, which="sft"):
+            return {s: 0.4 + 0.01 * s for s in self.seeds}
+
+        def extra(self, name, key):
+            return {s: 0.1 * s for s in self.seeds}
+
+        def once(self, name):
+            return {"methods": 3, "untagged": [], "offline_methods": 3, "missing": [], "starts": ["sft", "base"]}
+
+    verified = {m: {"passed": True, "detail": "ok"} for c in all_claims() for m in c.verify}
+    evidence = Synthetic(cfg, {}, {}, {}, {}, verified)
+    for claim in all_claims():
+        parts = claim.judge(evidence)
+        assert parts and combine([p.judgement for p in parts]), claim.row
+        for part in parts:
+            assert part.kind == "exact" or part.interval.n == len(cfg.seeds), (claim.row, part.label)

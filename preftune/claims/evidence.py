@@ -80,15 +80,16 @@ class Evidence:
         return self.part(label, dict(zip(seeds, stats.paired(a, b))), metric, kind, unit)
 
     def compare(self, method: str, baseline: str, metric: str, kind: str = stats.SUPERIORITY,
-                lower_is_better: bool = False, unit: str = "") -> stats.PartResult:
-        """method vs baseline arm on a final metric: method - baseline (or baseline - method)."""
+                lower_is_better: bool = False, unit: str = "", margin: str | None = None) -> stats.PartResult:
+        """method vs baseline arm on a final metric: method - baseline (or baseline - method); `margin`
+        names the decision rule's smallest effect of interest (default: the metric's own)."""
         a, b = self.final(method, metric), self.final(baseline, metric)
         if lower_is_better:
             a, b = b, a
             label = f"{metric}: {baseline} − {method}"
         else:
             label = f"{metric}: {method} − {baseline}"
-        return self.difference(label, a, b, metric, kind, unit)
+        return self.difference(label, a, b, margin or metric, kind, unit)
 
     def exact(self, label: str, holds: bool, detail: str) -> stats.PartResult:
         return stats.judge(label, stats.EXACT, 0.0, exact_holds=holds, detail=detail)

@@ -75,7 +75,7 @@ def dno_claim(ev):
     `preftune verify mnpo`.""",
     arms=(MNPO.name, INPO.name), verify=("mnpo",))
 def mnpo_claim(ev):
-    return [ev.tabular("mnpo"), ev.compare(MNPO.name, INPO.name, "duality_gap", lower_is_better=True)]
+    return [ev.tabular("mnpo"), ev.compare(MNPO.name, INPO.name, "duality_gap", lower_is_better=True, margin="game")]
 
 
 @register_claim(
@@ -90,7 +90,8 @@ def mnpo_claim(ev):
     two-module mechanism is the exact check of `preftune verify ofs_dpo`.""",
     arms=(OFS.name, ONLINE_DPO.name), verify=("ofs_dpo",))
 def ofs_claim(ev):
-    return [ev.tabular("ofs_dpo"), ev.compare(OFS.name, ONLINE_DPO.name, "forgetting", lower_is_better=True)]
+    return [ev.tabular("ofs_dpo"), ev.compare(OFS.name, ONLINE_DPO.name, "forgetting", lower_is_better=True,
+                                              margin="game")]
 
 
 TABULAR = {
