@@ -37,8 +37,9 @@ CURRY = arm("curry_dpo@mixed-margins", "mixed-margins", "curry_dpo", grid=DPO_BE
     "under injected label noise ADPO's gold reward degrades less than DPO's",
     """ADPO (pairwise anchored soft-DPO, anchor = the SFT model, soft label q = 0.9 as in the project's
     recipe; τ = 1/β searched over 1, 3 and 10) and DPO (β over 0.1, 0.3, 1), each searched and run on the
-    same samples with clean labels (arithmetic) and with a fraction ε of the pairs swapped
-    (noisy-labels). Degradation = gold reward on clean labels minus gold reward on noisy ones; the
+    same samples with clean labels (arithmetic) and with 30% of the pairs swapped (noisy-labels, flip
+    rate ε = 0.3 in configs/claims/full.yaml: heavy noise, still below the 50% at which labels carry
+    nothing). Degradation = gold reward on clean labels minus gold reward on noisy ones; the
     claim is DPO's degradation minus ADPO's > 0, per seed (a difference of differences, paired).""",
     arms=(ADPO_CLEAN.name, ADPO_NOISY.name, DPO_ARITHMETIC.name, DPO_NOISY.name))
 def adpo_claim(ev):
