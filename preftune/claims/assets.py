@@ -14,12 +14,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from preftune.claims.config import ClaimsConfig
+from preftune.claims.config import SPLIT_KEYS, ClaimsConfig
 from preftune.config import ConfigError, from_dict, to_dict
 
 SPLITS = ("validation", "test")
-CLAIMS_ONLY = ("pair_prompts", "validation_prompts", "test_prompts")   # per-task split sizes (the rest are the
-                                                                        # bench's TaskSettings)
 
 
 def bench_config(cfg: ClaimsConfig, task: str | None = None):
@@ -28,7 +26,7 @@ def bench_config(cfg: ClaimsConfig, task: str | None = None):
     (for tasks with fewer train prompts than `pairs.prompts`) sets the preference prompts of its samples."""
     from preftune.bench import BenchConfig
 
-    tasks = {t: {k: v for k, v in (cfg.tasks[t] or {}).items() if k not in CLAIMS_ONLY} for t in offline_tasks(cfg)}
+    tasks = {t: {k: v for k, v in (cfg.tasks[t] or {}).items() if k not in SPLIT_KEYS} for t in offline_tasks(cfg)}
     pairs = dict(cfg.pairs)
     if task is not None and "pair_prompts" in (cfg.tasks[task] or {}):
         pairs["prompts"] = cfg.tasks[task]["pair_prompts"]

@@ -121,7 +121,23 @@ def load_claims_config(path: str | Path | None = None, overrides: list[str] | No
         raise ConfigError("claims: an interval over seeds needs at least 2 final seeds (the full run uses 5)")
     if cfg.grid_points not in ("all", "middle"):
         raise ConfigError(f"claims: grid_points must be 'all' or 'middle', got {cfg.grid_points!r}")
+    check_tasks(cfg)
     return cfg
+
+
+SPLIT_KEYS = ("pair_prompts", "validation_prompts", "test_prompts")   # per task, beside the bench's TaskSettings
+
+
+def check_tasks(cfg: ClaimsConfig) -> None:
+    """Every task is a built-in one and its settings are the bench's TaskSettings plus the split sizes."""
+    from preftune.bench import TaskSettings
+    from preftune.config import from_dict
+    from preftune.tasks import task_names
+
+    for name, settings in cfg.tasks.items():
+        if name not in task_names():
+            raise ConfigError(f"claims: unknown task {name!r}; built-in tasks: {', '.join(task_names())}")
+        from_dict(TaskSettings, {k: v for k, v in (settings or {}).items() if k not in SPLIT_KEYS}, f"tasks.{name}")
 
 
 __all__ = ["ClaimsConfig", "DecisionRule", "OnlineBudget", "PreferenceBudget", "SplitSettings", "load_claims_config"]
