@@ -157,6 +157,7 @@ def run_cell(cfg_dict: dict, arm_name: str, setting: dict, seed: int, aux_paths:
                       cpu_seconds=round(time.process_time() - cpu, 2))
         if not arm.keep_model:
             shutil.rmtree(run_dir / "model", ignore_errors=True)
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # an online run's per-iteration states
     except Exception as error:  # noqa: BLE001  (a failed cell is reported in its row, never hidden)
         result.update(status="error", error=f"{type(error).__name__}: {error}", traceback=traceback.format_exc(limit=6))
     path.parent.mkdir(parents=True, exist_ok=True)
