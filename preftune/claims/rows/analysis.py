@@ -5,6 +5,7 @@ from __future__ import annotations
 from preftune.claims import stats
 from preftune.claims.arms import DPO_BETAS, arm, betas
 from preftune.claims.registry import Extra, register_claim
+from preftune.data.formats import usable_response
 from preftune.claims.rows.baselines import DPO_ARITHMETIC, DPO_BASE, DPO_SAFETY, LIKELIHOOD_TRAJECTORIES
 
 FLEX = arm("flex_dpo@arithmetic", "arithmetic", "flex_dpo",
@@ -43,7 +44,7 @@ def separability_single_vs_multi(cfg_dict: dict, seed: int, models: dict, chosen
     kept_single, multi = [], []
     for row, texts in zip(single, drawn):
         bar = task.score(row["prompt"], row["chosen"])
-        wrong = [t for t in texts if usable(t) and task.score(row["prompt"], t) < bar]
+        wrong = [t for t in texts if usable_response(t) and task.score(row["prompt"], t) < bar]
         if wrong:
             kept_single.append(row)
             multi.append({"prompt": row["prompt"], "chosen": row["chosen"], "rejected": wrong[0]})
@@ -57,16 +58,6 @@ def separability_single_vs_multi(cfg_dict: dict, seed: int, models: dict, chosen
     accuracy = {name: next(iter(r["layers"].values()))["accuracy"] for name, r in reports.items()}
     (out_dir / "summary.json").write_text(json.dumps(accuracy))
     return {"single": accuracy["single"], "multi": accuracy["multi"], "pairs": len(multi)}
-
-
-def usable(text: str) -> bool:
-    """A sample the data layer accepts as a response: not blank, no NUL byte, valid Unicode (the base model,
-    barely trained, samples arbitrary bytes)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return bool(text.strip()) and "\x00" not in text
 
 
 @register_claim(
