@@ -49,7 +49,7 @@ def test_lists_unpaired_and_condition_pairs(tmp_path):
     ({"caption": "x", "jpg_0": "missing.png", "jpg_1": "b.png", "label_0": 1}, "rows.jsonl:2: field 'jpg_0': image file"),
     ({"caption": "x", "jpg_0": "b.png", "jpg_1": "b.png", "label_0": 2}, "rows.jsonl:2: field 'label_0': must be 1"),
     ({"caption": 3, "jpg_0": "b.png", "jpg_1": "b.png", "label_0": 1}, "rows.jsonl:2: field 'caption': must be text"),
-    ({"caption": "x", "jpg_1": "b.png", "label_0": 1}, "rows.jsonl:2: field 'jpg_0': missing"),
+    ({"caption": "x", "jpg_1": "b.png", "label_0": 1}, "rows.jsonl:2: missing field 'jpg_0'"),
 ])
 def test_bad_rows_are_named_by_file_line_and_field(tmp_path, row, message):
     write_png(tmp_path / "b.png", 0.5)
@@ -81,7 +81,7 @@ def test_datasets_image_columns_and_image_folders(tmp_path):
     table = table.cast_column("jpg_0", datasets.Image()).cast_column("jpg_1", datasets.Image())
     table.save_to_disk(str(tmp_path / "ds"))
     examples, _ = load_examples(str(tmp_path / "ds"), "image-pairs")
-    assert examples[0].origin == "ds row 0"
+    assert examples[0].origin == "ds row 1"  # rows are 1-based in every format
     assert examples[0].samples[0].load((1, 8, 8)).mean() > examples[0].samples[1].load((1, 8, 8)).mean()
     # An image folder with a JSONL index elsewhere: image_root says where relative paths point.
     index = tmp_path / "index" / "rows.jsonl"

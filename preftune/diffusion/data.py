@@ -32,6 +32,7 @@ from preftune.data.formats import MISSING, WRONG_TYPE, BadRow, DataError, LoadRe
 
 KINDS = ("image-pairs", "image-lists", "unpaired", "condition-pairs", "segment-pairs", "prompts")
 TIE = "tie (label 0.5)"
+MISSING_IMAGE = "missing image file"  # a row naming an image that is not on disk (a skip category of its own)
 
 
 @dataclass
@@ -125,7 +126,7 @@ def _image(row: dict, origin: str, root: Path | None, *names: str) -> ImageRef:
     name, value = _field(row, *names)
     ref = ImageRef(value, origin, name, root)
     if isinstance(value, str) and not ref.path().exists():
-        raise BadRow(f"image file {ref.path()} does not exist", name, MISSING)
+        raise BadRow(f"image file {ref.path()} does not exist", name, MISSING_IMAGE)
     return ref
 
 
