@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Union
 
 
-from preftune.config import (ModelConfig, TrainConfig, merge_recipe, read_recipe, to_dict,
+from preftune.config import (ConfigError, ModelConfig, TrainConfig, merge_recipe, read_recipe, to_dict,
                              with_overrides)
+from preftune.judges import check_judge_options
 
 
 @dataclass
@@ -114,4 +115,9 @@ def load_online_config(path: str | Path | None = None, overrides: list[str] | No
     data = to_dict(OnlineConfig())
     if path is not None:  # a recipe's loss and free-form options replace the defaults, never merge
         merge_recipe(data, read_recipe(path, "an online recipe"), replaced=("loss", "options", "task_options"))
-    return with_overrides(OnlineConfig, data, overrides)
+    cfg = with_overrides(OnlineConfig, data, overrides)
+    try:  # a misspelt judge option fails now, listing the valid ones, not when the judge is built
+        check_judge_options(cfg.judge.kind, cfg.judge.options)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    return cfg

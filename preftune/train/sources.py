@@ -22,7 +22,7 @@ def run_data(cfg: RunConfig, rows=None) -> PreparedData:
     from preftune.models import load_tokenizer
 
     objective = build_objective(cfg.loss)
-    tokenizer = load_tokenizer(cfg.model.name_or_path)
+    tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.trust_remote_code)
     origin = {}
     if rows is None and cfg.data.source.startswith("task:"):
         kind = cfg.data.kind if cfg.data.kind != "auto" else \
@@ -66,11 +66,12 @@ def task_rows(cfg: RunConfig, kind: str) -> tuple[list[dict], dict]:
     from preftune.tasks.data import build_task_rows
 
     task = source_task(cfg)
-    tokenizer = load_tokenizer(cfg.model.name_or_path)
+    tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.trust_remote_code)
     model = None
     if kind != "sft":  # demonstrations need no model
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        model = load_causal_lm(cfg.model.name_or_path, cfg.model.dtype, cfg.train.seed, tokenizer).to(device)
+        model = load_causal_lm(cfg.model.name_or_path, cfg.model.dtype, cfg.train.seed, tokenizer,
+                               **cfg.model.loading).to(device)
     return build_task_rows(task, cfg.data.task, kind, model, tokenizer, cfg.train.seed, cfg.train.progress)
 
 
