@@ -29,7 +29,9 @@ def run_data(cfg: RunConfig, rows=None) -> PreparedData:
             {"any": "sft", "listwise": "listwise"}.get(objective.input_kind, "pairwise")
         rows, stats = materialize_task_rows(cfg, kind)
         origin = {"task": stats}
-    data = prepare_data(cfg.data, tokenizer, objective.input_kind, cfg.train.seed, rows)
+    # The load summary is printed with the progress bars (a bench's workers run quiet); it is in the summary either way.
+    data = prepare_data(cfg.data, tokenizer, objective.input_kind, cfg.train.seed, rows,
+                        log=print if cfg.train.progress else None)
     data.origin.update(origin)
     return data
 
