@@ -12,11 +12,11 @@
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
+from preftune.hub import HUB_ID
+
 HUB_TIMEOUT_S = 5.0
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _TRUE = {"1", "true", "yes", "on"}
 
 
@@ -44,7 +44,7 @@ def hub_options(name: str) -> dict:
     hub id can be fetched: {"local_files_only": True} when it is served from the local cache."""
     if Path(name).exists():
         return {}
-    if not _HUB_ID.match(name):
+    if not HUB_ID.match(name):
         raise ModelSourceError(f"model {name!r} is neither a local directory nor a hub id (owner/name); use "
                                "'builtin:tiny' for the built-in tiny model")
     if _offline():

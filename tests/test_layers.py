@@ -31,7 +31,7 @@ LAYERS = (
     ("measuring", ("preftune.eval", "preftune.judges", "preftune.tasks", "preftune.sampling", "preftune.report")),
     # Loading and saving models, caches, typed recipes.
     ("models", ("preftune.models", "preftune.model_source", "preftune.reference_cache", "preftune.config",
-                "preftune.config_values")),
+                "preftune.config_values", "preftune.hub")),
     # Pure objectives, their exact checks, and registries of what the library offers.
     ("methods", ("preftune.methods", "preftune.tabular", "preftune.rl.methods", "preftune.diffusion.methods",
                  "preftune.analysis_tools",
