@@ -79,6 +79,8 @@ class ScheduleConfig:
 @dataclass
 class OnlineEvalConfig:
     prompts: int = 32                    # held-out prompts
+    split: str = "test"                  # which held-out prompts: test, or validation (a task that has one,
+                                         # e.g. intransitive with task_options.validation_fraction)
     samples_per_prompt: int = 4          # for the sampled win-rate against the initial policy
     gap_beta: float = 0.1                # beta of the KL-regularised duality gap (reference: the initial policy)
     temperature: float = 1.0
@@ -120,4 +122,6 @@ def load_online_config(path: str | Path | None = None, overrides: list[str] | No
         check_judge_options(cfg.judge.kind, cfg.judge.options)
     except ValueError as error:
         raise ConfigError(str(error)) from None
+    if cfg.eval.split not in ("test", "validation"):
+        raise ConfigError(f"eval.split must be 'test' or 'validation', got {cfg.eval.split!r}")
     return cfg
