@@ -10,7 +10,11 @@ import textwrap
 from pathlib import Path
 
 OVERRIDE_HELP = ("Any config key can be overridden as --section.key=value, e.g. --train.lr=1e-5 "
-                 "--loss.dpo.beta=0.2 --model.name_or_path=/models/qwen. Valid keys:\n")
+                 "--loss.dpo.beta=0.2 --model.name_or_path=/models/qwen. Values are checked when the config is "
+                 "read (ranges, methods and their hyperparameters). Data: data.format auto | text | chat | hh | "
+                 "sharegpt, data.columns maps other field names ({prompt: question, ...}), data.on_bad_row error | "
+                 "skip. Models load safetensors only (model.allow_pickle) and run no shipped code "
+                 "(model.trust_remote_code). Valid keys:\n")
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):

@@ -15,6 +15,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from preftune.model_source import explain_load_error, hub_options
+
 BUILTIN_TINY = "builtin:tiny"
 # The tiny model after the quickstart's SFT stage, trained once and cached (train/builtin_models.py).
 BUILTIN_ARITHMETIC_SFT = "builtin:arithmetic-sft"
@@ -152,31 +154,43 @@ def build_once(path: Path, marker: str, build) -> Path:
     return path
 
 
-def load_tokenizer(name_or_path: str):
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
+    """A model's tokenizer (model_source.py: a hub id must be fetchable; no model code runs unless trusted)."""
     from transformers import AutoTokenizer
 
     name_or_path = resolve_model_name(name_or_path)
     if name_or_path == BUILTIN_TINY:
         return build_tiny_tokenizer()
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    options = hub_options(name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, **options)
+    except (OSError, ValueError) as error:
+        raise explain_load_error(name_or_path, error, True, trust_remote_code) from None
     if tokenizer.pad_token is None:
         # Causal LMs often ship without a pad token; padding is always masked, so EOS serves.
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 
-def load_causal_lm(name_or_path: str, dtype: str = "float32", seed: int = 0, tokenizer=None):
-    """Load a causal LM from a local directory or hub id; `builtin:tiny` builds a fresh tiny model."""
+def load_causal_lm(name_or_path: str, dtype: str = "float32", seed: int = 0, tokenizer=None,
+                   trust_remote_code: bool = False, allow_pickle: bool = False):
+    """Load a causal LM from a local directory or hub id; `builtin:tiny` builds a fresh tiny model.
+
+    Safetensors weights only unless allow_pickle, and no code shipped with the model unless
+    trust_remote_code (model_source.py); a hub id that cannot be fetched fails at once."""
     from transformers import AutoModelForCausalLM
 
     name_or_path = resolve_model_name(name_or_path)
     if name_or_path == BUILTIN_TINY:
         model = build_tiny_model(tokenizer or build_tiny_tokenizer(), seed=seed)
         return model.to(resolve_dtype(dtype))
-    if not Path(name_or_path).exists() and "/" not in name_or_path:
-        raise FileNotFoundError(f"model {name_or_path!r} is neither a local directory nor a hub id "
-                                f"(owner/name); use {BUILTIN_TINY!r} for the built-in tiny model")
-    return AutoModelForCausalLM.from_pretrained(name_or_path, dtype=resolve_dtype(dtype))
+    options = hub_options(name_or_path)
+    try:
+        return AutoModelForCausalLM.from_pretrained(name_or_path, dtype=resolve_dtype(dtype), use_safetensors=
+                                                    None if allow_pickle else True,
+                                                    trust_remote_code=trust_remote_code, **options)
+    except (OSError, ValueError) as error:
+        raise explain_load_error(name_or_path, error, allow_pickle, trust_remote_code) from None
 
 
 @dataclass
@@ -241,7 +255,7 @@ class Reference:
 
 
 def make_reference(kind: str, policy, name_or_path: str, dtype: str, needs_reference: bool,
-                   seed: int = 0) -> Reference:
+                   seed: int = 0, **loading) -> Reference:
     """Decide the reference from the objective's needs and the config's `reference` value.
 
     kind: "auto" (none if no method needs one; the LoRA-disabled policy for LoRA runs; otherwise
@@ -261,4 +275,4 @@ def make_reference(kind: str, policy, name_or_path: str, dtype: str, needs_refer
     if kind == "model":
         frozen = copy.deepcopy(policy)
         return Reference("model", frozen=frozen)
-    return Reference("model", frozen=load_causal_lm(kind, dtype, seed))
+    return Reference("model", frozen=load_causal_lm(kind, dtype, seed, **loading))

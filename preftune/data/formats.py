@@ -142,7 +142,7 @@ def detect_kind(row: dict) -> str:
         return "sft"
     raise BadRow("cannot tell the data kind: expected chosen/rejected (pairwise), completion/label or "
                  "messages/label (pointwise), prompt/completion or messages (sft), or responses (listwise); "
-                 f"the row has {sorted(keys)} (data.columns maps other field names)")
+                 f"the row has {sorted(map(str, keys))} (data.columns maps other field names)")
 
 
 # Which fields each kind reads (the rest of a row is reported as unused).

@@ -81,8 +81,8 @@ def train(cfg: RunConfig, data: PreparedData, resume: str | bool | None = None,
 
     # --- what to optimise: objective, policy, reference
     objective = build_objective(cfg.loss)
-    tokenizer = load_tokenizer(cfg.model.name_or_path)
-    policy = load_causal_lm(cfg.model.name_or_path, cfg.model.dtype, cfg.train.seed, tokenizer)
+    tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.trust_remote_code)
+    policy = load_causal_lm(cfg.model.name_or_path, cfg.model.dtype, cfg.train.seed, tokenizer, **cfg.model.loading)
     policy.to(accelerator.device)
 
     # --- in what order: the batch plan, a pure function of (seed, step)
@@ -95,7 +95,7 @@ def train(cfg: RunConfig, data: PreparedData, resume: str | bool | None = None,
         lora = cfg.model.lora
         policy = add_lora(policy, LoraSettings(lora.r, lora.alpha, lora.dropout, lora.target_modules))
     reference = make_reference(cfg.reference, policy, cfg.model.name_or_path, cfg.model.dtype,
-                               objective.needs_reference, cfg.train.seed)
+                               objective.needs_reference, cfg.train.seed, **cfg.model.loading)
     if reference.frozen is not None:
         reference.frozen.to(accelerator.device)
     aux_models = load_aux_models(cfg, objective, accelerator.device)
@@ -248,7 +248,7 @@ def load_aux_models(cfg: RunConfig, objective: Objective, device) -> dict:
                          f"(its extras: {list(objective.extras) or 'none'})")
     models = {}
     for name, path in cfg.aux_models.items():
-        model = load_causal_lm(path, cfg.model.dtype, cfg.train.seed).to(device)
+        model = load_causal_lm(path, cfg.model.dtype, cfg.train.seed, **cfg.model.loading).to(device)
         models[name] = model.eval().requires_grad_(False)
     return models
 
