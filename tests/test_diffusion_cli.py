@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 pytest.importorskip("diffusers")
 
@@ -75,3 +76,23 @@ def test_train_sample_eval_and_report(tmp_path, capsys):
 def _last_json(capsys) -> str:
     text = capsys.readouterr().out
     return text[text.index("{"):]
+
+
+def test_pickle_weights_load_only_when_allowed(tmp_path):
+    """As for language models, .bin weights (a pickle can run code) need model.allow_pickle."""
+    import shutil
+
+    from preftune.diffusion.models import load_diffusion_model
+
+    toy = quick_toy(tmp_path / "toys", "gmm")
+    pickled = tmp_path / "pickled"
+    shutil.copytree(toy, pickled)
+    network = load_diffusion_model(str(toy)).network
+    for weights in (pickled / "denoiser").glob("*.safetensors"):
+        weights.unlink()
+    network.save_pretrained(pickled / "denoiser", safe_serialization=False)
+    assert not any((pickled / "denoiser").glob("*.safetensors"))
+    with pytest.raises(ValueError, match="model.allow_pickle: true"):
+        load_diffusion_model(str(pickled))
+    loaded = load_diffusion_model(str(pickled), allow_pickle=True).network
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), network.state_dict().values()))

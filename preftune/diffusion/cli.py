@@ -39,6 +39,8 @@ def add_parser(sub, formatter) -> None:
     p.add_argument("--noise", type=float, default=0.0, help="DDIM eta or flow SDE noise level (default: 0)")
     p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (default: 1)")
     p.add_argument("--frames", type=int, default=0, help="frames per sample of a video network")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="load pickle (.bin) weights, which can run code when read (default: safetensors only)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("samples.png"), help="PNG path (default: samples.png)")
     p = commands.add_parser("eval", help="evaluate a model: reward, target fraction, quality and KL proxies",
@@ -99,7 +101,7 @@ def sample(args, _) -> int:
     from preftune.diffusion.sampling import sample as draw
     from preftune.report.diffusion import save_sample_grid
 
-    model = load_diffusion_model(args.model, progress=False, frames=args.frames)
+    model = load_diffusion_model(args.model, progress=False, frames=args.frames, allow_pickle=args.allow_pickle)
     conditions = None
     if args.prompt:
         conditions = [args.prompt[i % len(args.prompt)] for i in range(args.num)]
@@ -134,9 +136,9 @@ def evaluate(args, overrides: list[str]) -> int:
 
     cfg = load_diffusion_config(args.config, overrides)
     path = args.model or str(cfg.run_dir / "model")
-    model = load_diffusion_model(path, progress=False, frames=cfg.model.frames)
+    model = load_diffusion_model(path, progress=False, frames=cfg.model.frames, allow_pickle=cfg.model.allow_pickle)
     reference_model = load_diffusion_model(args.reference or cfg.model.name_or_path, progress=False,
-                                           frames=cfg.model.frames)
+                                           frames=cfg.model.frames, allow_pickle=cfg.model.allow_pickle)
     reference = Reference("model", frozen=reference_model.network)
     evaluator = Evaluator(cfg, model, build_reward(cfg.reward, model.task), reference)
     metrics = evaluator(model.network, 0)

@@ -18,6 +18,7 @@ class DiffusionModelConfig:
     name_or_path: str = "builtin:toy-gmm"   # a pipeline dir, a denoiser dir (denoiser/ + scheduler/), builtin:toy-<name>
     dtype: str = "float32"                  # weights: float32 or bfloat16
     frames: int = 0                         # video networks (UNet3DConditionModel): frames per sample
+    allow_pickle: bool = False              # load .bin weights (a pickle can run code); else safetensors only
     lora: LoraConfig = field(default_factory=LoraConfig)
 
 

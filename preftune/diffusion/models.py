@@ -159,10 +159,23 @@ def encode_captions(pipeline, captions: list[str], device=None) -> dict:
     return {"encoder_hidden_states": embeds}
 
 
+def _pickle_hint(path: Path, allow_pickle: bool, load, *args, **kwargs):
+    """`load(*args, **kwargs)`; a directory holding only pickle (.bin) weights fails with one line naming
+    the setting that allows them, rather than diffusers' error about missing safetensors."""
+    try:
+        return load(*args, **kwargs)
+    except (OSError, ValueError) as error:
+        if allow_pickle or not any(path.rglob("*.bin")) or "safetensors" not in str(error):
+            raise
+        raise ValueError(f"{path}: weights are pickle files (.bin), which can run code when read; set "
+                         f"model.allow_pickle: true to load them (else convert them to safetensors)") from None
+
+
 def load_diffusion_model(name_or_path: str, dtype: torch.dtype = torch.float32, progress: bool = True,
-                         frames: int = 0) -> DiffusionModel:
+                         frames: int = 0, allow_pickle: bool = False) -> DiffusionModel:
     """Load a pipeline directory, a denoiser directory or a builtin toy (see the module docstring).
-    frames: the frames per sample of a video network (UNet3DConditionModel)."""
+    frames: the frames per sample of a video network (UNet3DConditionModel). Weights load from
+    safetensors only unless allow_pickle (a .bin pickle can run code when read), as for language models."""
     import diffusers
 
     from preftune.diffusion.toy_models import resolve_toy
@@ -174,8 +187,10 @@ def load_diffusion_model(name_or_path: str, dtype: torch.dtype = torch.float32, 
     if (path / "model_index.json").exists():
         index = json.loads((path / "model_index.json").read_text())
         absent = {k: None for k, v in index.items() if isinstance(v, list) and v and v[0] is None}  # e.g. SD3 without T5
-        typed = {} if dtype == torch.float32 else {"torch_dtype": dtype}
-        pipeline = diffusers.DiffusionPipeline.from_pretrained(str(path), **typed, **absent)
+        typed = {"use_safetensors": None if allow_pickle else True,
+                 **({} if dtype == torch.float32 else {"torch_dtype": dtype})}
+        pipeline = _pickle_hint(path, allow_pickle, diffusers.DiffusionPipeline.from_pretrained, str(path), **typed,
+                                **absent)
         component = next((c for c in NETWORK_COMPONENTS if getattr(pipeline, c, None) is not None), None)
         if component is None:
             raise ValueError(f"{path}: the pipeline has neither a unet nor a transformer to train")
@@ -197,7 +212,9 @@ def load_diffusion_model(name_or_path: str, dtype: torch.dtype = torch.float32, 
         raise FileNotFoundError(f"{path}: not a model directory (no model_index.json, and no denoiser/ + scheduler/)")
     config = json.loads((path / "denoiser" / "config.json").read_text())
     cls = _network_class(config.get("_class_name", ""))
-    network = cls.from_pretrained(str(path / "denoiser"), **({} if dtype == torch.float32 else {"torch_dtype": dtype}))
+    network = _pickle_hint(path, allow_pickle, cls.from_pretrained, str(path / "denoiser"),
+                           use_safetensors=None if allow_pickle else True,
+                           **({} if dtype == torch.float32 else {"torch_dtype": dtype}))
     scheduler_config = json.loads((path / "scheduler" / "scheduler_config.json").read_text())
     scheduler = getattr(diffusers, scheduler_config["_class_name"]).from_pretrained(str(path / "scheduler"))
     task = None

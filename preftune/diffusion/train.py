@@ -62,7 +62,8 @@ def make_reference(cfg: DiffusionConfig, objective, network, model, dtype):
     if objective.needs_reference and cfg.reference not in ("auto", "model", "lora-disabled", "none"):
         from preftune.diffusion.models import load_diffusion_model
 
-        return Reference("model", frozen=load_diffusion_model(cfg.reference, dtype).network)
+        return Reference("model", frozen=load_diffusion_model(cfg.reference, dtype,
+                                                              allow_pickle=cfg.model.allow_pickle).network)
     return lm_reference(cfg.reference, network, cfg.model.name_or_path, cfg.model.dtype, objective.needs_reference)
 
 
@@ -136,7 +137,7 @@ def train_diffusion(cfg: DiffusionConfig, resume: str | bool | None = None, on_s
     kind = objective.input_kind
     dtype = resolve_dtype(cfg.model.dtype)
     model = load_diffusion_model(cfg.model.name_or_path, dtype, progress=main and cfg.train.progress,
-                                 frames=cfg.model.frames)
+                                 frames=cfg.model.frames, allow_pickle=cfg.model.allow_pickle)
     network = model.network
     if model.pipeline is not None:
         model.pipeline.to(accelerator.device)
