@@ -35,6 +35,13 @@ def _keys_epilog() -> str:
                                          subsequent_indent="  ")
 
 
+def add_recipe_arguments(p: argparse.ArgumentParser, config_help: str) -> None:
+    """--config and --resume of a training command (train, sft, diffusion train)."""
+    p.add_argument("--config", type=Path, help=config_help)
+    p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CHECKPOINT",
+                   help="continue from the run's latest checkpoint, or from CHECKPOINT")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="preftune", description="Train generative models from preference feedback.")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
@@ -44,9 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
                             ("sft", "supervised fine-tuning (the `sft` objective, no reference model)")):
         p = sub.add_parser(name, help=help_text, description=help_text, epilog=_keys_epilog(),
                            formatter_class=_Formatter)
-        p.add_argument("--config", type=Path, help="YAML recipe (see configs/); overrides apply on top")
-        p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CHECKPOINT",
-                       help="continue from the run's latest checkpoint, or from CHECKPOINT")
+        add_recipe_arguments(p, "YAML recipe (see configs/); overrides apply on top")
 
     p = sub.add_parser("eval", help="evaluate a model on a built-in task: gold reward, win-rate, KL, length",
                        description="Evaluate a model on the held-out prompts of a built-in task. The gold oracle "

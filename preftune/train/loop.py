@@ -177,12 +177,8 @@ def train(cfg: RunConfig, data: PreparedData, resume: str | bool | None = None,
                 if on_step_end is not None:
                     on_step_end(completed, last)
     except KeyboardInterrupt:
-        # Nothing is lost: the last completed step is saved, and `--resume` continues from it.
-        optimizer.zero_grad()
-        save_interrupted(accelerator, run_dir, completed, start_step, last, cfg.train.keep_checkpoints)
-        bar.close()
-        logger.close()
-        release_accelerator()
+        stop_interrupted(accelerator, optimizer, run_dir, completed, start_step, last, cfg.train.keep_checkpoints,
+                         bar, logger)
         raise
     bar.close()
 
@@ -208,6 +204,18 @@ def train(cfg: RunConfig, data: PreparedData, resume: str | bool | None = None,
     accelerator.wait_for_everyone()
     release_accelerator()
     return run_dir
+
+
+def stop_interrupted(accelerator, optimizer, run_dir: Path, completed: int, start_step: int, metrics: dict, keep: int,
+                     *still_open) -> None:
+    """Ctrl-C or SIGTERM inside a training loop (this one and the diffusion loop's): nothing is lost,
+    the last completed step is saved and `--resume` continues from it; then the progress bar and
+    metrics file (`still_open`) are closed and the accelerate settings released."""
+    optimizer.zero_grad()
+    save_interrupted(accelerator, run_dir, completed, start_step, metrics, keep)
+    for thing in still_open:
+        thing.close()
+    release_accelerator()
 
 
 def release_accelerator() -> None:
