@@ -35,14 +35,9 @@ def _keys_epilog() -> str:
                                          subsequent_indent="  ")
 
 
-def add_recipe_arguments(p: argparse.ArgumentParser, config_help: str) -> None:
-    """--config and --resume of a training command (train, sft, diffusion train)."""
-    p.add_argument("--config", type=Path, help=config_help)
-    p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CHECKPOINT",
-                   help="continue from the run's latest checkpoint, or from CHECKPOINT")
-
-
 def build_parser() -> argparse.ArgumentParser:
+    from preftune.config import add_recipe_arguments
+
     parser = argparse.ArgumentParser(prog="preftune", description="Train generative models from preference feedback.")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

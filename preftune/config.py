@@ -363,3 +363,9 @@ def valid_keys(cls: type = RunConfig, prefix: str = "") -> list[str]:
             keys.append(_join(prefix, f.name))
     return keys
 
+
+def add_recipe_arguments(parser, config_help: str) -> None:
+    """--config and --resume of a command that trains from a recipe (train, sft, diffusion train)."""
+    parser.add_argument("--config", type=Path, help=config_help)
+    parser.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CHECKPOINT",
+                        help="continue from the run's latest checkpoint, or from CHECKPOINT")

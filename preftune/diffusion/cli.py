@@ -15,7 +15,7 @@ DESCRIPTION = ("Preference tuning of diffusion and flow models (diffusion.md): t
 
 
 def add_parser(sub, formatter) -> None:
-    from preftune.cli import add_recipe_arguments   # called by preftune.cli's build_parser
+    from preftune.config import add_recipe_arguments
 
     parser = sub.add_parser("diffusion", help="train, sample and evaluate diffusion / flow models",
                             description=DESCRIPTION, formatter_class=formatter)
