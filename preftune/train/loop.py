@@ -23,11 +23,12 @@ from preftune.data.prepare import prepare_data
 from preftune.fastpath import FastPathOptions, batch_logps, capabilities
 from preftune.methods import Objective, build_objective
 from preftune.models import (LoraSettings, Reference, add_lora, load_causal_lm, load_tokenizer,
-                             make_reference)
+                             make_reference, resolve_dtype)
 from preftune.reference_cache import cache_applies, prepare_reference_cache
 from preftune.train.checkpoint import load_checkpoint, resolve_resume, save_checkpoint, sigterm_as_interrupt
 from preftune.train.metrics import MetricsLogger, StepMetrics, truncate_metrics
 from preftune.train.plan import BatchPlan, batches_by_group
+from preftune.train.precision import dtype_name, fp32_master_weights, save_in_dtype
 from preftune.train.schedules import lr_multiplier
 
 
@@ -90,6 +91,8 @@ def train(cfg: RunConfig, resume: str | bool | None = None, data_source=None,
                                objective.needs_reference, cfg.train.seed)
     if reference.frozen is not None:
         reference.frozen.to(accelerator.device)
+    # After the reference copy (it stays in model.dtype): the weights AdamW steps are fp32 (train/precision.py).
+    fp32_master_weights(policy)
     aux_models = load_aux_models(cfg, objective, accelerator.device)
     # Before the reference cache: diagnostics keep their own handle on a frozen reference model.
     monitor = None
@@ -192,12 +195,16 @@ def train(cfg: RunConfig, resume: str | bool | None = None, data_source=None,
     if final_eval:
         logger.log(plan.total_steps, final_eval)
     logger.close()
-    save_model(accelerator, policy, tokenizer, run_dir / "model")
+    saved_dtype = save_model(accelerator, policy, tokenizer, run_dir / "model", resolve_dtype(cfg.model.dtype))
     if main:
+        precision = {"model_dtype": dtype_name(resolve_dtype(cfg.model.dtype)),
+                     "master_weights": dtype_name(trainable[0].dtype), "autocast": cfg.train.precision,
+                     "saved_dtype": saved_dtype}
         summary = {"objective": objective.describe(), "steps": plan.total_steps, "epochs": plan.epoch_of(plan.total_steps),
                    "global_batch": plan.global_batch, "processes": accelerator.num_processes,
                    "reference": reference.kind, "reference_cache": reference_cache,
-                   "fast_paths": vars(capabilities(policy)), "final_train_metrics": last, "eval": final_eval,
+                   "precision": precision, "fast_paths": vars(capabilities(policy)), "final_train_metrics": last,
+                   "eval": final_eval,
                    "data": {**data.summary(), **({"task": task_stats} if task_stats else {})}, "model_dir": str(run_dir / "model"),
                    **({"diagnostics": {"every": cfg.diagnostics.every, "examples": len(monitor.examples),
                                        "examples_from": monitor.source}} if monitor is not None else {})}
@@ -330,11 +337,14 @@ def evaluate_objective(objective, policy, reference, data, tokenizer, accelerato
     return {f"eval/{k}": v for k, v in stats.reduce(accelerator).items() if not math.isnan(v)}
 
 
-def save_model(accelerator, policy, tokenizer, path: Path) -> None:
-    """save_pretrained of the unwrapped policy (a LoRA policy saves its adapter) and the tokenizer."""
+def save_model(accelerator, policy, tokenizer, path: Path, dtype: torch.dtype) -> str:
+    """save_pretrained of the unwrapped policy in model.dtype (a LoRA policy saves its adapter) and the
+    tokenizer; returns the dtype of the saved weights."""
     accelerator.wait_for_everyone()
     state = accelerator.get_state_dict(policy)
+    saved = dtype_name(dtype)
     if accelerator.is_main_process:
-        accelerator.unwrap_model(policy).save_pretrained(str(path), state_dict=state, save_function=accelerator.save)
+        saved = save_in_dtype(accelerator.unwrap_model(policy), path, dtype, state, save_function=accelerator.save)
         tokenizer.save_pretrained(str(path))
     accelerator.wait_for_everyone()
+    return saved

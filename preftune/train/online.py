@@ -57,6 +57,7 @@ from preftune.train.online_config import OnlineConfig
 from preftune.train.online_hooks import Anchor, FastSlowAdapters, PolicySnapshots, trainable_parameters
 from preftune.train.online_pairs import Group, build_rows, sample_labels
 from preftune.train.plan import BatchPlan
+from preftune.train.precision import fp32_master_weights, save_in_dtype
 from preftune.train.schedules import lr_multiplier
 
 # What each method's online algorithm does by default (online.md §1-8, §15); "auto" settings of
@@ -131,7 +132,7 @@ def run_online(cfg: OnlineConfig, resume: bool = False,
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    from preftune.models import load_causal_lm, load_tokenizer
+    from preftune.models import load_causal_lm, load_tokenizer, resolve_dtype
     from preftune.train.loop import release_accelerator
 
     # The warm start trains with the offline loop, which sets up (and releases) its own accelerator.
@@ -167,6 +168,7 @@ def run_online(cfg: OnlineConfig, resume: bool = False,
 
         model = get_peft_model(model, lora_config(cfg.model.lora))
     model.to(accelerator.device)
+    fp32_master_weights(model)  # a 16-bit model trains on fp32 copies of its trainable weights (train/precision.py)
     snapshots = PolicySnapshots(trainable_parameters(model))
     snapshots.save("initial")
     parameters = fast_slow.parameter_groups(cfg.train.lr) if fast_slow else \
@@ -204,7 +206,7 @@ def run_online(cfg: OnlineConfig, resume: bool = False,
             f"{k} {row[k]:.4f}" for k in ("duality_gap", "win_rate_vs_initial", "sampled_win_rate_vs_initial")
             if k in row) + f" ({row['seconds']:.0f} s)")
 
-    model.save_pretrained(str(run_dir / "model"))
+    save_in_dtype(model, run_dir / "model", resolve_dtype(cfg.model.dtype))
     tokenizer.save_pretrained(str(run_dir / "model"))
     summary["judge"] = [j.stats.as_dict() for j in judges[:len(set(map(id, judges)))]]
     write_summary(run_dir, summary, started)
