@@ -152,8 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"preftune {args.command}: error: {message}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt as stop:  # the loops have saved what can be resumed and said so
+        return getattr(stop, "exit_code", 130)
 
 
 def cmd_train(args, overrides: list[str]) -> int:

@@ -377,3 +377,60 @@ def test_the_loop_takes_a_local_reward_model_as_its_judge(tmp_path):
     pairs = read_jsonl(run_dir / "iterations" / "iter-000" / "pairs.jsonl")
     assert pairs and all(0 < p["preference"] < 1 for p in pairs)  # Bradley-Terry probabilities, not hard labels
     assert summary["judge"][0]["requests"] > 0 and summary["judge"][0]["failed"] == 0
+
+
+# -- a judge that fails stops the run ------------------------------------------------------------------------
+
+def llm_judge_overrides(tmp_path, server, iterations=2):
+    return tiny_overrides(tmp_path, iterations) + [
+        "--judge.kind=llm", f"--judge.options={{base_url: {server.url}, api_key: wrong-key, max_retries: 0}}"]
+
+
+@pytest.mark.slow
+def test_a_rejected_judge_key_stops_the_run_at_its_first_request(tmp_path, capsys):
+    from judge_server import ScriptedServer
+
+    from preftune.cli import main
+
+    recipe = Path(__file__).resolve().parents[1] / "configs" / "online" / "online_dpo.yaml"
+    with ScriptedServer(lambda user: (401, "invalid api key", 0.0)) as server:
+        code = main(["online", "--config", str(recipe), *llm_judge_overrides(tmp_path, server)])
+    error = capsys.readouterr().err
+    assert code == 2 and len(server.requests) == 1
+    assert "HTTP 401" in error and "judge.options.api_key was refused" in error and "OPENAI_API_KEY" in error
+
+
+@pytest.mark.slow
+def test_a_judge_that_fails_stops_the_run_after_saving_what_was_done(tmp_path, capsys):
+    """The judge answers during iteration 1 and then only fails (HTTP 500): iteration 2 stops when it has judged
+    its samples, with the counts and the first error; iteration 1 is saved, the counters are printed every
+    iteration and shown in the report."""
+    import re
+    import threading
+
+    from judge_server import ScriptedServer
+
+    from preftune.judges import JudgeError
+    from preftune.report.html import build_report
+    from preftune.train.online import run_online
+
+    broken = threading.Event()
+    recipe = Path(__file__).resolve().parents[1] / "configs" / "online" / "online_dpo.yaml"
+    with ScriptedServer(lambda user: (500, "model overloaded", 0.0) if broken.is_set() else (200, "A", 0.0)) as server:
+        cfg = load_online_config(recipe, llm_judge_overrides(tmp_path, server, 3))
+        with pytest.raises(JudgeError) as stopped:
+            run_online(cfg, on_step_end=lambda iteration, step, metrics: broken.set())
+    message = str(stopped.value)
+    counts = re.search(r"^iteration 2, judging the samples \(full\): the judge failed on (\d+) of (\d+) requests", message)
+    assert counts and counts[1] == counts[2] and int(counts[1]) > 0, message
+    assert "judge.max_failure_rate = 0.2" in message and "HTTP 500" in message and "model overloaded" in message
+    run_dir = cfg.run_dir
+    assert (run_dir / "checkpoints" / "iter-001").exists() and not (run_dir / "checkpoints" / "iter-002").exists()
+    summary = json.loads((run_dir / "online_summary.json").read_text())
+    assert summary["stopped"] == message and [r["iteration"] for r in summary["iterations"]] == [0, 1]
+    first = summary["iterations"][1]["judge"]  # iteration 1: its samples judged, then the evaluation failed
+    assert first["requests"] > 0 and first["failed"] == cfg.eval.prompts * cfg.eval.samples_per_prompt
+    assert re.search(r"iteration 1/3: .*judge: \d+ requests, \d+ failed, 0 unparseable, 0 retries", capsys.readouterr().out)
+    page = build_report(run_dir, tmp_path / "report.html").read_text()
+    assert "The run stopped" in page and "first error" in page and "model overloaded" in page
+

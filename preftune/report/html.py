@@ -190,6 +190,14 @@ def _online_section(page: Page, run_dir: Path, plots: Path) -> None:
                if k != "iteration" and all(isinstance(r.get(k, 0.0), (int, float)) for r in rows)]
     page.table(["iteration", *(c.replace("_", " ") for c in columns)],
                [[r.get("iteration"), *(r.get(c) for c in columns)] for r in rows], "per iteration (online_summary.json)")
+    if summary.get("stopped"):
+        page.paragraph(f"The run stopped: {summary['stopped']}")
+    judged = [r for r in rows if isinstance(r.get("judge"), dict)]
+    if judged:  # what the judge did in each iteration (its requests, failures and the first error's text)
+        counters = ["requests", "answered", "failed", "unparseable", "retries", "timeouts"]
+        page.table(["iteration", *counters, "first error"],
+                   [[r.get("iteration"), *(r["judge"].get(k, 0) for k in counters), r["judge"].get("first_error", "")]
+                    for r in judged], "the judge per iteration (online_summary.json)")
 
 
 def _sweep_section(page: Page, sweep_json: Path, plots: Path) -> None:

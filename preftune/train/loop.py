@@ -25,7 +25,7 @@ from preftune.methods import Objective, build_objective
 from preftune.models import (LoraSettings, Reference, add_lora, load_causal_lm, load_tokenizer,
                              make_reference, resolve_dtype)
 from preftune.reference_cache import cache_applies, prepare_reference_cache
-from preftune.train.checkpoint import load_checkpoint, resolve_resume, save_checkpoint, sigterm_as_interrupt
+from preftune.train.checkpoint import StopRequests, load_checkpoint, resolve_resume, save_checkpoint
 from preftune.train.metrics import MetricsLogger, StepMetrics, truncate_metrics
 from preftune.train.plan import BatchPlan, batches_by_group
 from preftune.train.precision import dtype_name, fp32_master_weights, save_in_dtype
@@ -50,7 +50,7 @@ def train(cfg: RunConfig, resume: str | bool | None = None, data_source=None,
 
     resume: True (latest checkpoint of the run) or a checkpoint path. data_source: rows given in
     memory instead of cfg.data.source. on_step_end(step, metrics): called after every step
-    (a KeyboardInterrupt raised there, or by Ctrl-C, saves a checkpoint before stopping).
+    (a KeyboardInterrupt raised there, Ctrl-C or SIGTERM saves a checkpoint before stopping).
     A config with a `curriculum:` section runs that curriculum's stages, each an ordinary run
     (train/curriculum.py); data_source then holds ranked rows.
     """
@@ -154,14 +154,16 @@ def train(cfg: RunConfig, resume: str | bool | None = None, data_source=None,
                        tokens_per_s=tokens * accelerator.num_processes / (time.perf_counter() - started))
         return metrics
 
-    completed, last = start_step, {}
+    completed, last, in_step = start_step, {}, False
     if monitor is not None and start_step == 0:
         logger.log(0, monitor(accelerator.unwrap_model(policy), monitor_reference))
     try:
-        with sigterm_as_interrupt():  # a preempted job saves its last completed step too
+        # Ctrl-C and SIGTERM (a preempted job) stop the loop between steps, and the last step is saved.
+        with StopRequests(announce=main) as stop:
             for step in range(start_step, plan.total_steps):
+                in_step = True
                 last = one_step(step)
-                completed = step + 1
+                completed, in_step = step + 1, False
                 if completed % cfg.train.log_every == 0 or completed == plan.total_steps:
                     logger.log(completed, last)
                 bar.update(1)
@@ -175,10 +177,15 @@ def train(cfg: RunConfig, resume: str | bool | None = None, data_source=None,
                     logger.log(completed, monitor(accelerator.unwrap_model(policy), monitor_reference))
                 if on_step_end is not None:
                     on_step_end(completed, last)
+                stop.check(accelerator)
     except KeyboardInterrupt:
-        # Nothing is lost: the last completed step is saved, and `--resume` continues from it.
+        # Nothing is lost: the last completed step is saved, and `--resume` continues from it exactly. A
+        # second Ctrl-C within a step stops at once; that step may be half-applied, so it is not saved.
         optimizer.zero_grad()
-        if completed > start_step:
+        if in_step:
+            if main:
+                print(f"\nstopped within step {completed + 1}: not saved; --resume continues from the last checkpoint")
+        elif completed > start_step:
             path = save_checkpoint(accelerator, run_dir, completed, {"metrics": last, "interrupted": True},
                                    max(cfg.train.keep_checkpoints, 1))
             if main:

@@ -32,7 +32,9 @@ import math
 import os
 import random
 import shutil
+import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -46,12 +48,14 @@ from preftune.config import LoraConfig as LoraSection
 from preftune.data.collate import collate
 from preftune.data.tokenize import TokenizedExample
 from preftune.judges import build_judge, preference_matrix
+from preftune.judges.base import JudgeError
 from preftune.logps import sequence_logps
 from preftune.methods import Objective, build_objective
 from preftune.methods.dpo import dpo
 from preftune.records import Logps
 from preftune.sampling import sample
 from preftune.tasks import get_task
+from preftune.train.checkpoint import sigterm_as_interrupt
 from preftune.train.metrics import StepMetrics
 from preftune.train.online_config import OnlineConfig
 from preftune.train.online_hooks import Anchor, FastSlowAdapters, PolicySnapshots, trainable_parameters
@@ -191,20 +195,25 @@ def run_online(cfg: OnlineConfig, resume: bool = False,
     else:
         for stale in ("iterations", "checkpoints"):
             shutil.rmtree(run_dir / stale, ignore_errors=True)
-        summary["iterations"].append({"iteration": 0, **loop.evaluate(0)})
+        with saved_when_stopped(run_dir, summary, started):
+            summary["iterations"].append({"iteration": 0, **loop.evaluate(0), "judge": loop.judge_round})
+            loop.check_judge("the initial evaluation")
     shutil.rmtree(run_dir / "iterations" / f"iter-{start:03d}", ignore_errors=True)
 
-    for t in range(start, cfg.iterations):
-        iteration_started = time.perf_counter()
-        stats = loop.iteration(t)
-        row = {"iteration": t + 1, **loop.evaluate(t + 1), **stats,
-               "seconds": round(time.perf_counter() - iteration_started, 2)}
-        summary["iterations"].append(row)
-        write_summary(run_dir, summary, started)
-        loop.save_state(t + 1, summary)
-        print(f"iteration {t + 1}/{cfg.iterations}: " + ", ".join(
-            f"{k} {row[k]:.4f}" for k in ("duality_gap", "win_rate_vs_initial", "sampled_win_rate_vs_initial")
-            if k in row) + f" ({row['seconds']:.0f} s)")
+    with sigterm_as_interrupt(), saved_when_stopped(run_dir, summary, started):  # completed iterations are saved
+        for t in range(start, cfg.iterations):
+            iteration_started = time.perf_counter()
+            stats = loop.iteration(t)
+            row = {"iteration": t + 1, **loop.evaluate(t + 1), **stats, "judge": loop.judge_round,
+                   "seconds": round(time.perf_counter() - iteration_started, 2)}
+            summary["iterations"].append(row)
+            write_summary(run_dir, summary, started)
+            loop.save_state(t + 1, summary)
+            judge = {k: row["judge"].get(k, 0) for k in ("requests", "failed", "unparseable", "retries")}
+            print(f"iteration {t + 1}/{cfg.iterations}: " + ", ".join(
+                f"{k} {row[k]:.4f}" for k in ("duality_gap", "win_rate_vs_initial", "sampled_win_rate_vs_initial")
+                if k in row) + f" ({row['seconds']:.0f} s); judge: " + ", ".join(f"{v} {k}" for k, v in judge.items()))
+            loop.check_judge(f"iteration {t + 1}")  # after its checkpoint: the training it did is kept
 
     save_in_dtype(model, run_dir / "model", resolve_dtype(cfg.model.dtype))
     tokenizer.save_pretrained(str(run_dir / "model"))
@@ -212,6 +221,23 @@ def run_online(cfg: OnlineConfig, resume: bool = False,
     write_summary(run_dir, summary, started)
     release_accelerator()
     return run_dir
+
+
+@contextmanager
+def saved_when_stopped(run_dir: Path, summary: dict, started: float):
+    """A run stopped by its judge (JudgeError: a rejected key, too many failed requests) or by Ctrl-C / SIGTERM:
+    every completed iteration has its checkpoint, so --resume continues; online_summary.json says why it stopped."""
+    try:
+        yield
+    except JudgeError as error:
+        summary["stopped"] = str(error)
+        write_summary(run_dir, summary, started)
+        raise
+    except KeyboardInterrupt:
+        done = len(summary["iterations"]) - 1
+        print(f"\ninterrupted in iteration {done + 1}: {done} iterations are saved; --resume redoes iteration "
+              f"{done + 1} from its start", file=sys.stderr)
+        raise
 
 
 class OnlineLoop:
@@ -232,6 +258,9 @@ class OnlineLoop:
         random.Random(cfg.train.seed).shuffle(self.train_prompts)
         self.eval_prompts = self.task.prompts("test", cfg.eval.prompts)
         self.initial_eval: dict = {}
+        self.judge_round: dict = {}  # the judge's counters since the iteration began (ask_judge)
+        if not 0 <= cfg.judge.max_failure_rate <= 1:
+            raise ValueError(f"judge.max_failure_rate must be between 0 and 1, got {cfg.judge.max_failure_rate}")
 
     # -- one iteration ------------------------------------------------------------------------------------
 
@@ -240,6 +269,7 @@ class OnlineLoop:
         cfg, schedule, snapshots = self.cfg, self.schedule, self.snapshots
         domain = self.domain_of(t)
         self.task, self.judge = self.tasks[domain], self.judges[domain]
+        self.judge_round = {}
         directory = self.cfg.run_dir / "iterations" / f"iter-{t:03d}"
         directory.mkdir(parents=True, exist_ok=True)
         snapshots.save("previous")
@@ -277,8 +307,26 @@ class OnlineLoop:
                 stats.update(self.cofs_combine(domain))
             snapshots.save(f"domain:{domain}")
         stats["domain"] = domain
-        stats["judge"] = self.judge.stats.as_dict()
         return stats
+
+    def ask_judge(self, ask: Callable):
+        """A round of questions to the judge (`ask()`), its counters added to the iteration's `judge_round`."""
+        mark = self.judge.stats.mark()
+        out = ask()
+        for key, value in self.judge.stats.since(mark).items():
+            self.judge_round[key] = (self.judge_round.get(key) or value) if key == "first_error" else \
+                self.judge_round.get(key, 0) + value
+        return out
+
+    def check_judge(self, what: str) -> None:
+        """Stop the run (JudgeError, with the counts and the first error) when more than judge.max_failure_rate of
+        the iteration's requests to the judge failed, instead of training on, or reporting, what little came back."""
+        counts, limit = self.judge_round, self.cfg.judge.max_failure_rate
+        failures = counts.get("failed", 0) + counts.get("unparseable", 0)
+        if counts.get("requests") and failures > limit * counts["requests"]:
+            raise JudgeError(f"{what}: the judge failed on {failures} of {counts['requests']} requests "
+                             f"({counts['failed']} failed, {counts['unparseable']} unparseable), more than "
+                             f"judge.max_failure_rate = {limit}; the first error: {counts['first_error']}")
 
     def domain_of(self, t: int) -> int:
         """The domain of iteration t: the iterations are split into equal consecutive blocks."""
@@ -347,7 +395,8 @@ class OnlineLoop:
                 opponents = sample(self.model, self.tokenizer, prompts, self.schedule.opponent_samples, s.temperature,
                                    s.top_p, s.max_new_tokens, s.batch_size, seed + 5, False, top_k=s.top_k).texts
         judged = time.perf_counter()
-        matrices = preference_matrix(self.judge, list(zip(prompts, samples.texts)), opponents)
+        matrices = self.ask_judge(lambda: preference_matrix(self.judge, list(zip(prompts, samples.texts)), opponents))
+        self.check_judge(f"iteration {t + 1}, judging the samples ({phase})")
         groups = [Group(p, texts, m, None) if opponents is None else Group(p, texts, [], m)
                   for p, texts, m in zip(prompts, samples.texts, matrices)]
         if cfg.judge.labels == "bernoulli":
@@ -519,7 +568,7 @@ class OnlineLoop:
                                                     s.batch_size, 525252, False).texts
         items = [(p, a, b) for p, mine, theirs in zip(self.eval_prompts, texts, self.initial_eval["texts"])
                  for a, b in zip(mine, theirs)]
-        verdicts = [v for v in self.judge.compare_many(items) if v is not None]
+        verdicts = [v for v in self.ask_judge(lambda: self.judge.compare_many(items)) if v is not None]
         if verdicts:
             metrics["sampled_win_rate_vs_initial"] = sum(verdicts) / len(verdicts)
         metrics["gold_score"] = sum(self.task.score(p, x) for p, xs in zip(self.eval_prompts, texts) for x in xs) / \
