@@ -41,7 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
                            formatter_class=_Formatter)
         p.add_argument("--config", type=Path, help="YAML recipe (see configs/); overrides apply on top")
         p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CHECKPOINT",
-                       help="continue from the run's latest checkpoint, or from CHECKPOINT")
+                       help="continue from the run's latest checkpoint, or from CHECKPOINT. Ctrl-C or SIGTERM "
+                            "finishes the step in progress, saves it and exits (130, 143); --resume then "
+                            "continues exactly")
 
     p = sub.add_parser("eval", help="evaluate a model on a built-in task: gold reward, win-rate, KL, length",
                        description="Evaluate a model on the held-out prompts of a built-in task. The gold oracle "
@@ -96,10 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("online", help="online / self-play training: iterations of sample -> judge -> pairs -> update",
                        description="Run an online method (online_dpo, dno, sppo, inpo, egpo, nash_mp, mnpo, apo, "
                                    "ofs_dpo) for several iterations; see configs/online/. Keys can be overridden "
-                                   "as --section.key=value, e.g. --iterations=5 --train.lr=1e-4.",
+                                   "as --section.key=value, e.g. --iterations=5 --train.lr=1e-4. Each iteration "
+                                   "prints the judge's counters; a judge that fails stops the run (a rejected "
+                                   "key at its first request; an iteration with more than judge.max_failure_rate "
+                                   "of failed requests, default 0.2, after saving what was done).",
                        formatter_class=_Formatter)
     p.add_argument("--config", type=Path, help="online recipe (configs/online/<method>.yaml)")
-    p.add_argument("--resume", action="store_true", help="continue a stopped run at the iteration it stopped in")
+    p.add_argument("--resume", action="store_true", help="continue a stopped run at the iteration it stopped in "
+                                                         "(Ctrl-C or SIGTERM stops at once: exit 130, 143)")
 
     from preftune import cli_measure
 
@@ -143,12 +149,14 @@ def main(argv: list[str] | None = None) -> int:
     handler = {"train": cmd_train, "sft": cmd_train, "eval": cmd_eval, "generate": cmd_generate,
                "methods": cmd_methods, "verify": cmd_verify, "quickstart": cmd_quickstart,
                "online": cmd_online, **cli_measure.HANDLERS}[args.command]
+    import preftune.train  # noqa: F401  (registers the built-in models a training run makes: builtin:arithmetic-sft)
     from preftune.config import ConfigError
     from preftune.data.formats import DataError
+    from preftune.judges import JudgeError
 
     try:
         return handler(args, _overrides(parser, extras) if args.command in takes_overrides else [])
-    except (ConfigError, DataError, KeyError, ValueError, FileNotFoundError) as error:
+    except (ConfigError, DataError, JudgeError, KeyError, ValueError, FileNotFoundError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"preftune {args.command}: error: {message}", file=sys.stderr)
         return 2
@@ -158,13 +166,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def cmd_train(args, overrides: list[str]) -> int:
     from preftune.config import load_config
-    from preftune.train.loop import train
+    from preftune.train.runner import run_training
 
     base = {"loss": "sft", "reference": "none", "name": "sft"} if args.command == "sft" else None
     cfg = load_config(args.config, overrides, base=base)
     if args.command == "sft" and cfg.loss != "sft" and "sft" not in (cfg.loss if isinstance(cfg.loss, dict) else {}):
         raise ValueError("`preftune sft` trains the sft objective; use `preftune train` for other losses")
-    run_dir = train(cfg, resume=args.resume)
+    run_dir = run_training(cfg, resume=args.resume)
     from accelerate import PartialState
 
     if not PartialState().is_main_process:  # one report per distributed run

@@ -58,7 +58,7 @@ def test_the_bf16_recipe_moves_the_weights_as_far_as_fp32_weights_under_bf16_aut
     from safetensors.torch import load_file
 
     from preftune.config import load_config
-    from preftune.train.loop import train
+    from preftune.train.runner import run_training
 
     tokenizer = build_tiny_tokenizer()
     start = tmp_path / "start"  # bf16 weights, so both runs start from the very same values
@@ -74,7 +74,7 @@ def test_the_bf16_recipe_moves_the_weights_as_far_as_fp32_weights_under_bf16_aut
             "--train.grad_accum=1", "--train.checkpoint_every=0", "--train.progress=false",
             f"--output_dir={tmp_path}/{dtype}"])
         assert cfg.train.precision == "bf16" and cfg.train.lr == 5e-7  # the recipe's own settings
-        runs[dtype] = train(cfg)
+        runs[dtype] = run_training(cfg)
         moved[dtype] = displacement_in_bf16(runs[dtype] / "model", initial)
     assert moved["float32"] > 0
     assert moved["bfloat16"] == pytest.approx(moved["float32"], rel=0.1)

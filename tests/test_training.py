@@ -17,7 +17,7 @@ import torch
 from preftune.config import load_config
 from preftune.tasks import get_task
 from preftune.train.checkpoint import list_checkpoints, resolve_resume
-from preftune.train.loop import train
+from preftune.train.runner import run_training
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -64,7 +64,7 @@ def test_dpo_loss_falls_and_gold_accuracy_rises_on_the_tiny_task(tiny_sft_model,
     # then rises above the SFT model's (+0.07 by step 300 when this was written).
     cfg = config(tmp_path, tiny_sft_model, "task:arithmetic", "--name=dpo", "--train.steps=300",
                  "--train.batch_size=32", "--train.lr=1e-4", "--loss.dpo.beta=1.0", "--data.task.max_new_tokens=8")
-    run_dir = train(cfg)
+    run_dir = run_training(cfg)
     losses = [m["loss"] for m in metrics(run_dir)]
     assert sum(losses[-20:]) / 20 < sum(losses[:20]) / 20 - 0.05
 
@@ -79,7 +79,7 @@ def test_dpo_loss_falls_and_gold_accuracy_rises_on_the_tiny_task(tiny_sft_model,
 
 
 def test_stop_and_resume_gives_the_same_parameters_as_an_uninterrupted_run(tiny_sft_model, pairs_file, tmp_path):
-    straight = train(config(tmp_path, tiny_sft_model, pairs_file, "--name=straight", "--train.steps=6"))
+    straight = run_training(config(tmp_path, tiny_sft_model, pairs_file, "--name=straight", "--train.steps=6"))
 
     def stop_at_step_three(step, _):
         if step == 3:
@@ -87,17 +87,25 @@ def test_stop_and_resume_gives_the_same_parameters_as_an_uninterrupted_run(tiny_
 
     cfg = config(tmp_path, tiny_sft_model, pairs_file, "--name=resumed", "--train.steps=6")
     with pytest.raises(KeyboardInterrupt):
-        train(cfg, on_step_end=stop_at_step_three)
+        run_training(cfg, on_step_end=stop_at_step_three)
     assert [p.name for p in list_checkpoints(cfg.run_dir)] == ["step-0000003"]
     assert not (cfg.run_dir / "model").exists()
-    train(cfg, resume=True)
+    run_training(cfg, resume=True)
 
     assert max_difference(weights(straight), weights(cfg.run_dir)) == 0.0
     assert [m["step"] for m in metrics(cfg.run_dir)] == [1, 2, 3, 4, 5, 6]
     assert [m["loss"] for m in metrics(cfg.run_dir)] == [m["loss"] for m in metrics(straight)]
 
 
-def test_a_signal_between_micro_batches_then_resume_is_bit_identical(tiny_sft_model, pairs_file, tmp_path,
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> str:
+    """The built-in tiny model as initialised, saved: enough for the tests of the loop's mechanics."""
+    from preftune.models import save_tiny_model
+
+    return str(save_tiny_model(tmp_path_factory.mktemp("tiny") / "model"))
+
+
+def test_a_signal_between_micro_batches_then_resume_is_bit_identical(tiny_model, pairs_file, tmp_path,
                                                                      monkeypatch):
     """grad_accum 2, and Ctrl-C or SIGTERM between the two micro-batches of step 3: the step in progress is
     finished and saved (a save in mid-cycle would hold accelerate's micro-batch counter half-way through an
@@ -105,7 +113,7 @@ def test_a_signal_between_micro_batches_then_resume_is_bit_identical(tiny_sft_mo
     from preftune.train import loop
 
     args = ("--train.steps=5", "--train.batch_size=4", "--train.grad_accum=2")
-    straight = train(config(tmp_path, tiny_sft_model, pairs_file, "--name=straight", *args))
+    straight = run_training(config(tmp_path, tiny_model, pairs_file, "--name=straight", *args))
     forward = loop.compute_objective
     for signum in (signal.SIGINT, signal.SIGTERM):
         calls = []
@@ -117,27 +125,28 @@ def test_a_signal_between_micro_batches_then_resume_is_bit_identical(tiny_sft_mo
             return forward(*arguments, **options)
 
         monkeypatch.setattr(loop, "compute_objective", signal_before_the_sixth_micro_batch)
-        cfg = config(tmp_path, tiny_sft_model, pairs_file, f"--name=stopped-{signum}", *args)
+        cfg = config(tmp_path, tiny_model, pairs_file, f"--name=stopped-{signum}", *args)
         with pytest.raises(KeyboardInterrupt) as stopped:
-            train(cfg)
+            run_training(cfg)
         saved = [p.name for p in list_checkpoints(cfg.run_dir)]
         monkeypatch.undo()
-        train(cfg, resume=True)
+        run_training(cfg, resume=True)
         assert max_difference(weights(straight), weights(cfg.run_dir)) == 0.0, signum
         assert [m["loss"] for m in metrics(cfg.run_dir)] == [m["loss"] for m in metrics(straight)]
         assert saved == ["step-0000003"] and stopped.value.exit_code == 128 + signum
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL and signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
-def test_a_torn_metrics_line_does_not_block_resume_and_tensorboard_holds_each_step_once(tiny_sft_model, pairs_file,
+def test_a_torn_metrics_line_does_not_block_resume_and_tensorboard_holds_each_step_once(tiny_model, pairs_file,
                                                                                         tmp_path, capsys):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    cfg = config(tmp_path, tiny_sft_model, pairs_file, "--name=torn", "--train.steps=4", "--train.checkpoint_every=2")
-    train(cfg)
+    cfg = config(tmp_path, tiny_model, pairs_file, "--name=torn", "--train.steps=4", "--train.checkpoint_every=2")
+    run_training(cfg)
     with (cfg.run_dir / "metrics.jsonl").open("a") as handle:
         handle.write('{"step": 5, "loss": 0.69')  # killed while writing a line
     capsys.readouterr()
-    train(cfg, resume=str(cfg.run_dir / "checkpoints" / "step-0000002"))  # steps 3 and 4 are logged again
+    run_training(cfg, resume=str(cfg.run_dir / "checkpoints" / "step-0000002"))  # steps 3 and 4 are logged again
     assert "dropped its torn last line" in capsys.readouterr().err
     assert [m["step"] for m in metrics(cfg.run_dir)] == [1, 2, 3, 4]
     events = EventAccumulator(str(cfg.run_dir / "tensorboard"))
@@ -172,10 +181,10 @@ def assert_saved_at_the_last_logged_step(run_dir: Path, processes: int) -> None:
         [f"random_states_{rank}.pkl" for rank in range(processes)]  # every process saved its state
 
 
-def test_sigterm_exits_143_after_saving_the_step_in_progress(tiny_sft_model, pairs_file, tmp_path):
+def test_sigterm_exits_143_after_saving_the_step_in_progress(tiny_model, pairs_file, tmp_path):
     run_dir = tmp_path / "run"
     process = started([sys.executable, "-m", "preftune", "train", "--config",
-                       str(long_recipe(tmp_path, tiny_sft_model, pairs_file)), f"--output_dir={run_dir}"], run_dir, 2)
+                       str(long_recipe(tmp_path, tiny_model, pairs_file)), f"--output_dir={run_dir}"], run_dir, 2)
     process.send_signal(signal.SIGTERM)
     output = process.communicate(timeout=600)[0]
     assert process.returncode == 143, output[-3000:]
@@ -184,19 +193,19 @@ def test_sigterm_exits_143_after_saving_the_step_in_progress(tiny_sft_model, pai
 
 
 @pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
-def test_sigterm_under_a_launcher_saves_on_every_process(launcher, tiny_sft_model, pairs_file, tmp_path):
+def test_sigterm_under_a_launcher_saves_on_every_process(launcher, tiny_model, pairs_file, tmp_path):
     """SIGTERM to the launcher and its two processes (as a scheduler's preemption sends it): both processes stop
     after the same step and save it together, none prints a traceback. `accelerate launch` then exits 143
     with no traceback; torchrun (torch's code, not ours) prints its own SignalException and exits 1."""
     run_dir = tmp_path / "run"
     launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"] if launcher == "torchrun" else \
         [str(Path(sys.executable).with_name("accelerate")), "launch", "--multi_gpu", "--num_processes", "2"]
-    process = started([*launch, "-m", "preftune", "train", "--config", str(long_recipe(tmp_path, tiny_sft_model, pairs_file)),
+    process = started([*launch, "-m", "preftune", "train", "--config", str(long_recipe(tmp_path, tiny_model, pairs_file)),
                        f"--output_dir={run_dir}"], run_dir, 2, start_new_session=True)
     os.killpg(process.pid, signal.SIGTERM)
     output = process.communicate(timeout=600)[0]
     assert_saved_at_the_last_logged_step(run_dir, 2)
-    assert "preftune" not in "".join(line for line in output.splitlines(True) if line.startswith("  File "))
+    assert str(ROOT / "preftune") not in "".join(line for line in output.splitlines(True) if line.startswith("  File "))
     if launcher == "accelerate":
         assert process.returncode == 143 and "Traceback" not in output, output[-3000:]
     else:
@@ -206,19 +215,19 @@ def test_sigterm_under_a_launcher_saves_on_every_process(launcher, tiny_sft_mode
 def test_periodic_checkpoints_are_kept_and_resume_from_a_named_one(tiny_sft_model, pairs_file, tmp_path):
     cfg = config(tmp_path, tiny_sft_model, pairs_file, "--name=ckpt", "--train.steps=6",
                  "--train.checkpoint_every=2", "--train.keep_checkpoints=2")
-    train(cfg)
+    run_training(cfg)
     kept = list_checkpoints(cfg.run_dir)
     assert [p.name for p in kept] == ["step-0000004", "step-0000006"]
     (cfg.run_dir / "checkpoints" / "step-0000008.tmp").mkdir()  # a save that never completed
     assert resolve_resume(cfg.run_dir, True).name == "step-0000006"
     final = weights(cfg.run_dir)
-    train(cfg, resume=str(kept[0]))  # redo steps 5-6 from the step-4 checkpoint
+    run_training(cfg, resume=str(kept[0]))  # redo steps 5-6 from the step-4 checkpoint
     assert max_difference(final, weights(cfg.run_dir)) == 0.0
 
 
 def test_gradient_accumulation_matches_a_larger_batch(tiny_sft_model, pairs_file, tmp_path):
-    large = train(config(tmp_path, tiny_sft_model, pairs_file, "--name=large", "--train.steps=3"))
-    accumulated = train(config(tmp_path, tiny_sft_model, pairs_file, "--name=accum", "--train.steps=3",
+    large = run_training(config(tmp_path, tiny_sft_model, pairs_file, "--name=large", "--train.steps=3"))
+    accumulated = run_training(config(tmp_path, tiny_sft_model, pairs_file, "--name=accum", "--train.steps=3",
                                "--train.batch_size=2", "--train.grad_accum=4"))
     # Same gradients up to summation order; Adam amplifies that rounding in near-zero coordinates.
     for a, b in zip(metrics(large), metrics(accumulated)):
@@ -253,7 +262,7 @@ def test_lora_uses_the_policy_with_adapters_disabled_as_reference(tiny_sft_model
 
     cfg = config(tmp_path, tiny_sft_model, pairs_file, "--name=lora", "--train.steps=3", "--model.lora.enabled=true",
                  "--model.lora.r=4")
-    run_dir = train(cfg)
+    run_dir = run_training(cfg)
     summary = json.loads((run_dir / "train_summary.json").read_text())
     assert summary["reference"] == "lora-disabled"
     first = metrics(run_dir)[0]
@@ -269,13 +278,13 @@ def test_lora_uses_the_policy_with_adapters_disabled_as_reference(tiny_sft_model
 
 
 def test_bf16_precision_trains(tiny_sft_model, pairs_file, tmp_path):
-    run_dir = train(config(tmp_path, tiny_sft_model, pairs_file, "--name=bf16", "--train.steps=2",
+    run_dir = run_training(config(tmp_path, tiny_sft_model, pairs_file, "--name=bf16", "--train.steps=2",
                            "--train.precision=bf16"))
     assert all(math.isfinite(m["loss"]) for m in metrics(run_dir))
 
 
 def test_metrics_cover_what_users_watch(tiny_sft_model, pairs_file, tmp_path):
-    run_dir = train(config(tmp_path, tiny_sft_model, pairs_file, "--name=metrics", "--train.steps=2",
+    run_dir = run_training(config(tmp_path, tiny_sft_model, pairs_file, "--name=metrics", "--train.steps=2",
                            "--data.eval_fraction=0.25"))
     logged = metrics(run_dir)
     for key in ("loss", "rewards/chosen", "rewards/rejected", "margin", "accuracy", "logps/chosen",
@@ -296,6 +305,6 @@ def test_sigterm_saves_the_last_completed_step(tiny_sft_model, pairs_file, tmp_p
 
     cfg = config(tmp_path, tiny_sft_model, pairs_file, "--name=term", "--train.steps=4")
     with pytest.raises(KeyboardInterrupt):
-        train(cfg, on_step_end=terminate_at_step_two)
+        run_training(cfg, on_step_end=terminate_at_step_two)
     assert [p.name for p in list_checkpoints(cfg.run_dir)] == ["step-0000002"]
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is removed again

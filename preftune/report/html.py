@@ -127,6 +127,8 @@ def _training_section(page: Page, run_dir: Path, plots: Path, title: str = "Trai
                       "global batch": summary.get("global_batch"), "reference": summary.get("reference"),
                       "train examples": summary.get("data", {}).get("train_examples"),
                       "held-out examples": summary.get("data", {}).get("eval_examples")}, "run")
+        if summary.get("data", {}).get("load"):
+            page.mapping(data_loading(summary["data"]), "data: rows skipped by reason, truncation")
         final = {k: v for k, v in summary.get("final_train_metrics", {}).items() if isinstance(v, float)}
         if final:
             page.mapping(final, "last training step")
@@ -134,11 +136,11 @@ def _training_section(page: Page, run_dir: Path, plots: Path, title: str = "Trai
             page.mapping(summary["eval"], "held-out evaluation")
     metrics = read_metrics(run_dir)
     if any("loss" in r for r in metrics):
-        page.image(plot_training(run_dir, plots / f"{run_dir.name}_training.png"), "training curves: loss, accuracy, "
+        page.image(plot_training(metrics, plots / f"{run_dir.name}_training.png"), "training curves: loss, accuracy, "
                    "margin, chosen and rejected log-likelihood")
     diagnostics = [r for r in metrics if any(k.startswith("diag/") for k in r)]
     if diagnostics:
-        page.image(plot_diagnostics(run_dir, plots / f"{run_dir.name}_diagnostics.png"), "training diagnostics on "
+        page.image(plot_diagnostics(metrics, plots / f"{run_dir.name}_diagnostics.png"), "training diagnostics on "
                    "held-out data")
         from preftune.eval.diagnostics import diagnostic_warnings
 
@@ -148,6 +150,16 @@ def _training_section(page: Page, run_dir: Path, plots: Path, title: str = "Trai
         keys = [k for k in last if k.startswith("diag/")]
         page.table(["diagnostic", f"step {first['step']}", f"step {last['step']}"],
                    [[k[len("diag/"):], first.get(k), last.get(k)] for k in keys], "diagnostics, first and last")
+
+
+def data_loading(data: dict) -> dict:
+    """What loading did to a run's data (train_summary.json's data.load and data.truncation), as shown."""
+    load, cut = data["load"], data.get("truncation", {})
+    return {"rows read": load.get("rows"), "rows kept": load.get("kept"),
+            "rows skipped": ", ".join(f"{k} {v}" for k, v in load.get("skipped", {}).items()) or "none",
+            "columns not used": ", ".join(load.get("unused_columns", {})) or "none",
+            "truncated": f"{cut.get('prompts_truncated', 0)} prompts, {cut.get('responses_truncated', 0)} responses; "
+                         f"{cut.get('examples_dropped', 0)} examples dropped"}
 
 
 def _pipeline_section(page: Page, run_dir: Path, plots: Path) -> None:
