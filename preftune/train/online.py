@@ -52,13 +52,14 @@ from preftune.config import LoraConfig as LoraSection
 from preftune.judges import JudgeError, build_judge
 from preftune.methods import build_objective
 from preftune.tasks import get_task
+from preftune.train.distributed import check_process_count, cross_process_ops, gathered, summed
 from preftune.train.online_cofs import cofs_combine
 from preftune.train.online_collect import collect
 from preftune.train.online_config import OnlineConfig
 from preftune.train.online_eval import evaluate
 from preftune.train.checkpoint import sigterm_as_interrupt
 from preftune.train.online_hooks import Anchor, FastSlowAdapters, PolicySnapshots, trainable_parameters
-from preftune.train.online_judge import check_judge, counters_line
+from preftune.train.online_judge import check_judge, counters_line, iteration_counts
 from preftune.train.online_replay import iteration_dir
 from preftune.train.online_schedule import (DATA_EXTRAS, GENERIC_DEFAULTS, METHOD_DEFAULTS, POLICY_EXTRAS, Schedule,
                                             history_players, resolve_schedule)
@@ -87,12 +88,15 @@ def run_online(cfg: OnlineConfig, resume: bool = False,
     model_path = warm_start(cfg) if cfg.warm_start.enabled else cfg.model.name_or_path
     accelerator = Accelerator(cpu=not torch.cuda.is_available(),
                               mixed_precision={"fp32": "no", "bf16": "bf16"}[cfg.train.precision])
-    if accelerator.num_processes > 1:
-        raise NotImplementedError("the online loop runs in one process (sampling and judging are not sharded yet)")
+    check_process_count(accelerator)
+    # Under several processes each samples and judges its share of the prompts and trains on its
+    # slice of every batch of the gathered rows; the main process evaluates and writes (scaling.md).
+    main = accelerator.is_main_process
     set_seed(cfg.train.seed)
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    if main:
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     started = time.perf_counter()
 
     # --- the game: task, judge, objective and its schedule
@@ -102,6 +106,7 @@ def run_online(cfg: OnlineConfig, resume: bool = False,
     judges = [build_judge(cfg.judge.kind, task, **cfg.judge.options) for task in tasks] if cfg.judge.kind == "task" \
         else [build_judge(cfg.judge.kind, tasks[0], **cfg.judge.options)] * len(tasks)
     objective = build_objective(cfg.loss)
+    objective.set_processes(cross_process_ops(accelerator))  # batch statistics over every process's rows
     schedule = resolve_schedule(cfg, objective)
 
     # --- the player: the (warm-started) model, its trainable weights and their snapshots
@@ -131,37 +136,45 @@ def run_online(cfg: OnlineConfig, resume: bool = False,
     summary = {"method": objective.describe(), "task": cfg.task, "schedule": schedule.__dict__, "iterations": []}
     start = 0
     checkpoint = latest_checkpoint(run_dir) if resume else None
-    if resume and checkpoint is None and (run_dir / "iterations").exists():
+    if resume and checkpoint is None and (run_dir / "iterations").exists() and main:
         print("--resume: no completed iteration to resume from; starting at iteration 0")
     if checkpoint is not None:
         start = loop.load_state(checkpoint, summary)
-        print(f"resuming {run_dir} at iteration {start} (from {checkpoint.name})")
+        if main:
+            print(f"resuming {run_dir} at iteration {start} (from {checkpoint.name})")
     else:
-        for stale in ("iterations", "checkpoints"):
+        for stale in ("iterations", "checkpoints") if main else ():
             shutil.rmtree(run_dir / stale, ignore_errors=True)
-        with saved_when_stopped(run_dir, summary, started):
-            summary["iterations"].append({"iteration": 0, **evaluate(loop, 0), "judge": loop.judge_round})
+        with saved_when_stopped(run_dir, summary, started, main):
+            summary["iterations"].append({"iteration": 0, **evaluate(loop, 0), "judge": iteration_counts(loop)})
             check_judge(loop, "the initial evaluation")
-    shutil.rmtree(iteration_dir(run_dir, start), ignore_errors=True)
+    if main:
+        shutil.rmtree(iteration_dir(run_dir, start), ignore_errors=True)
+    accelerator.wait_for_everyone()
 
-    with sigterm_as_interrupt(), saved_when_stopped(run_dir, summary, started):  # completed iterations are saved
+    with sigterm_as_interrupt(), saved_when_stopped(run_dir, summary, started, main):  # completed iterations are saved
         for t in range(start, cfg.iterations):
             iteration_started = time.perf_counter()
             stats = iteration(loop, t)
-            row = {"iteration": t + 1, **evaluate(loop, t + 1), **stats, "judge": loop.judge_round,
+            row = {"iteration": t + 1, **evaluate(loop, t + 1), **stats, "judge": iteration_counts(loop),
                    "seconds": round(time.perf_counter() - iteration_started, 2)}
             summary["iterations"].append(row)
-            write_summary(run_dir, summary, started)
-            loop.save_state(t + 1, summary)
-            print(f"iteration {t + 1}/{cfg.iterations}: " + ", ".join(
-                f"{k} {row[k]:.4f}" for k in ("duality_gap", "win_rate_vs_initial", "sampled_win_rate_vs_initial")
-                if k in row) + f" ({row['seconds']:.0f} s); " + counters_line(row["judge"]))
+            if main:
+                write_summary(run_dir, summary, started)
+                loop.save_state(t + 1, summary)
+                print(f"iteration {t + 1}/{cfg.iterations}: " + ", ".join(
+                    f"{k} {row[k]:.4f}" for k in ("duality_gap", "win_rate_vs_initial", "sampled_win_rate_vs_initial")
+                    if k in row) + f" ({row['seconds']:.0f} s); " + counters_line(row["judge"]))
+            accelerator.wait_for_everyone()
             check_judge(loop, f"iteration {t + 1}")  # after its checkpoint: the training it did is kept
 
-    save_in_dtype(model, run_dir / "model", resolve_dtype(cfg.model.dtype))
-    tokenizer.save_pretrained(str(run_dir / "model"))
-    summary["judge"] = [j.stats.as_dict() for j in judges[:len(set(map(id, judges)))]]
-    write_summary(run_dir, summary, started)
+    judged = [summed(gathered(accelerator, j.stats.as_dict())) for j in judges[:len(set(map(id, judges)))]]
+    if main:
+        save_in_dtype(model, run_dir / "model", resolve_dtype(cfg.model.dtype))
+        tokenizer.save_pretrained(str(run_dir / "model"))
+        summary.update(judge=judged, processes=accelerator.num_processes)
+        write_summary(run_dir, summary, started)
+    accelerator.wait_for_everyone()
     release_accelerator()
     return run_dir
 
@@ -213,19 +226,21 @@ def iteration(loop: OnlineLoop, t: int) -> dict:
 
 
 @contextmanager
-def saved_when_stopped(run_dir: Path, summary: dict, started: float):
+def saved_when_stopped(run_dir: Path, summary: dict, started: float, main: bool = True):
     """A run stopped by its judge (JudgeError: a rejected key, too many failed requests) or by Ctrl-C / SIGTERM:
     every completed iteration has its checkpoint, so --resume continues; online_summary.json says why it stopped."""
     try:
         yield
     except JudgeError as error:
-        summary["stopped"] = str(error)
-        write_summary(run_dir, summary, started)
+        if main:
+            summary["stopped"] = str(error)
+            write_summary(run_dir, summary, started)
         raise
     except KeyboardInterrupt:
         done = len(summary["iterations"]) - 1
-        print(f"\ninterrupted in iteration {done + 1}: {done} iterations are saved; --resume redoes iteration "
-              f"{done + 1} from its start", file=sys.stderr)
+        if main:
+            print(f"\ninterrupted in iteration {done + 1}: {done} iterations are saved; --resume redoes iteration "
+                  f"{done + 1} from its start", file=sys.stderr)
         raise
 
 
