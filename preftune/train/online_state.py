@@ -35,7 +35,7 @@ class OnlineLoop:
         self.device = accelerator.device
         self.train_prompts = self.task.prompts("train")
         random.Random(cfg.train.seed).shuffle(self.train_prompts)
-        self.eval_prompts = self.task.prompts("test", cfg.eval.prompts)
+        self.eval_prompts = self.task.prompts(cfg.eval.split, cfg.eval.prompts)
         self.initial_eval: dict = {}
         self.judge_round: dict = {}  # the judge's counters in the current iteration (online_judge.py)
         if not 0 <= cfg.judge.max_failure_rate <= 1:
