@@ -181,6 +181,7 @@ def assert_saved_at_the_last_logged_step(run_dir: Path, processes: int) -> None:
         [f"random_states_{rank}.pkl" for rank in range(processes)]  # every process saved its state
 
 
+@pytest.mark.slow
 def test_sigterm_exits_143_after_saving_the_step_in_progress(tiny_model, pairs_file, tmp_path):
     run_dir = tmp_path / "run"
     process = started([sys.executable, "-m", "preftune", "train", "--config",
@@ -192,6 +193,7 @@ def test_sigterm_exits_143_after_saving_the_step_in_progress(tiny_model, pairs_f
     assert_saved_at_the_last_logged_step(run_dir, 1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
 def test_sigterm_under_a_launcher_saves_on_every_process(launcher, tiny_model, pairs_file, tmp_path):
     """SIGTERM to the launcher and its two processes (as a scheduler's preemption sends it): both processes stop
