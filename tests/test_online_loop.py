@@ -45,7 +45,7 @@ def test_schedule_defaults_and_explicit_settings():
     assert resolve_schedule(cfg, build_objective(cfg.loss)).phases == "extragradient"
     cfg = load_online_config(overrides=["--loss=egpo", "--schedule.phases=single"])  # plain online IPO
     assert resolve_schedule(cfg, build_objective(cfg.loss)).phases == "single"
-    cfg = load_online_config(overrides=["--loss.mnpo.history_weights=[0.2, 0.3, 0.5]"])
+    cfg = load_online_config(overrides=["--loss=mnpo", "--loss.mnpo.history_weights=[0.2, 0.3, 0.5]"])
     assert resolve_schedule(cfg, build_objective(cfg.loss)).history == 3
     cfg = load_online_config(overrides=["--loss=apo", "--schedule.momentum=0.0"])
     assert resolve_schedule(cfg, build_objective(cfg.loss)).momentum == 0.0

@@ -72,7 +72,7 @@ class LLMJudge(Judge):
         self.base_url = (base_url or os.environ.get("PREFTUNE_JUDGE_BASE_URL") or os.environ.get("OPENAI_BASE_URL")
                          or "").rstrip("/")
         if not self.base_url:
-            raise ValueError("the LLM judge needs a base URL: judge.base_url, or PREFTUNE_JUDGE_BASE_URL / "
+            raise ValueError("the LLM judge needs a base URL: judge.options.base_url, or PREFTUNE_JUDGE_BASE_URL / "
                              "OPENAI_BASE_URL in the environment")
         self.api_key = api_key if api_key is not None else os.environ.get(api_key_env, "")
         self.key_source = "judge.options.api_key" if api_key is not None else f"the environment variable {api_key_env}"

@@ -26,9 +26,10 @@ from preftune.methods import Objective, build_objective
 from preftune.models import (LoraSettings, Reference, add_lora, load_causal_lm, load_tokenizer,
                              make_reference, resolve_dtype)
 from preftune.reference_cache import cache_applies, prepare_reference_cache
-from preftune.train.checkpoint import StopRequests, load_checkpoint, resolve_resume, save_checkpoint
+from preftune.train.checkpoint import StopRequests, save_checkpoint, save_interrupted
+from preftune.train.checkpoint import start_step as resume_at
 from preftune.train.distributed import check_process_count, configure_engine, cross_process_ops, load_models_whole
-from preftune.train.metrics import MetricsLogger, StepMetrics, truncate_metrics
+from preftune.train.metrics import MetricsLogger, StepMetrics
 from preftune.train.plan import BatchPlan, batches_by_group
 from preftune.train.precision import dtype_name, fp32_master_weights, save_in_dtype
 from preftune.train.trackers import start_trackers, tracker_setup
@@ -81,8 +82,8 @@ def train(cfg: RunConfig, data: PreparedData, resume: str | bool | None = None,
 
     # --- what to optimise: objective, policy, reference
     objective = build_objective(cfg.loss)
-    tokenizer = load_tokenizer(cfg.model.name_or_path)
-    policy = load_causal_lm(cfg.model.name_or_path, cfg.model.dtype, cfg.train.seed, tokenizer)
+    tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.trust_remote_code)
+    policy = load_causal_lm(cfg.model.name_or_path, cfg.model.dtype, cfg.train.seed, tokenizer, **cfg.model.loading)
     policy.to(accelerator.device)
 
     # --- in what order: the batch plan, a pure function of (seed, step)
@@ -95,7 +96,7 @@ def train(cfg: RunConfig, data: PreparedData, resume: str | bool | None = None,
         lora = cfg.model.lora
         policy = add_lora(policy, LoraSettings(lora.r, lora.alpha, lora.dropout, lora.target_modules))
     reference = make_reference(cfg.reference, policy, cfg.model.name_or_path, cfg.model.dtype,
-                               objective.needs_reference, cfg.train.seed)
+                               objective.needs_reference, cfg.train.seed, **cfg.model.loading)
     if reference.frozen is not None:
         reference.frozen.to(accelerator.device)
     # After the reference copy (it stays in model.dtype): the weights AdamW steps are fp32 (train/precision.py).
@@ -128,14 +129,7 @@ def train(cfg: RunConfig, data: PreparedData, resume: str | bool | None = None,
     if objective.has_state:
         accelerator.register_for_checkpointing(objective)
 
-    start_step = 0
-    checkpoint = resolve_resume(run_dir, resume)
-    if checkpoint is not None:
-        start_step = load_checkpoint(accelerator, checkpoint)["step"]
-        if main:
-            truncate_metrics(run_dir, start_step)
-    elif main and (run_dir / "metrics.jsonl").exists():
-        (run_dir / "metrics.jsonl").unlink()
+    start_step = resume_at(accelerator, run_dir, resume)
 
     start_trackers(accelerator, cfg.name, to_dict(cfg), resumed_at=start_step)
     logger = MetricsLogger(run_dir, enabled=main, accelerator=accelerator)
@@ -195,11 +189,8 @@ def train(cfg: RunConfig, data: PreparedData, resume: str | bool | None = None,
         if in_step:
             if main:
                 print(f"\nstopped within step {completed + 1}: not saved; --resume continues from the last checkpoint")
-        elif completed > start_step:
-            path = save_checkpoint(accelerator, run_dir, completed, {"metrics": last, "interrupted": True},
-                                   max(cfg.train.keep_checkpoints, 1))
-            if main:
-                print(f"\ninterrupted: saved {path}; continue with --resume")
+        else:
+            save_interrupted(accelerator, run_dir, completed, start_step, last, cfg.train.keep_checkpoints)
         bar.close()
         logger.close()
         release_accelerator()
@@ -273,7 +264,7 @@ def load_aux_models(cfg: RunConfig, objective: Objective, device) -> dict:
                          f"(its extras: {list(objective.extras) or 'none'})")
     models = {}
     for name, path in cfg.aux_models.items():
-        model = load_causal_lm(path, cfg.model.dtype, cfg.train.seed).to(device)
+        model = load_causal_lm(path, cfg.model.dtype, cfg.train.seed, **cfg.model.loading).to(device)
         models[name] = model.eval().requires_grad_(False)
     return models
 

@@ -110,8 +110,8 @@ def run_online(cfg: OnlineConfig, resume: bool = False,
     schedule = resolve_schedule(cfg, objective)
 
     # --- the player: the (warm-started) model, its trainable weights and their snapshots
-    tokenizer = load_tokenizer(model_path)
-    model = load_causal_lm(model_path, cfg.model.dtype, cfg.train.seed, tokenizer)
+    tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
+    model = load_causal_lm(model_path, cfg.model.dtype, cfg.train.seed, tokenizer, **cfg.model.loading)
     fast_slow = None
     if schedule.fast_slow:
         fast_slow = FastSlowAdapters(model, lora_config(cfg.model.lora), cfg.schedule.fast_slow.slow_lr_ratio)

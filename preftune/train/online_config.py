@@ -13,6 +13,7 @@ from typing import Union
 
 from preftune.config import (ConfigError, ModelConfig, TrainConfig, merge_recipe, read_recipe, to_dict,
                              with_overrides)
+from preftune.judges import check_judge_options
 
 
 @dataclass
@@ -119,6 +120,10 @@ def load_online_config(path: str | Path | None = None, overrides: list[str] | No
     if path is not None:  # a recipe's loss and free-form options replace the defaults, never merge
         merge_recipe(data, read_recipe(path, "an online recipe"), replaced=("loss", "options", "task_options"))
     cfg = with_overrides(OnlineConfig, data, overrides)
+    try:  # a misspelt judge option fails now, listing the valid ones, not when the judge is built
+        check_judge_options(cfg.judge.kind, cfg.judge.options)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     if cfg.eval.split not in ("test", "validation"):
         raise ConfigError(f"eval.split must be 'test' or 'validation', got {cfg.eval.split!r}")
     return cfg

@@ -38,8 +38,6 @@ class OnlineLoop:
         self.eval_prompts = self.task.prompts(cfg.eval.split, cfg.eval.prompts)
         self.initial_eval: dict = {}
         self.judge_round: dict = {}  # the judge's counters in the current iteration (online_judge.py)
-        if not 0 <= cfg.judge.max_failure_rate <= 1:
-            raise ValueError(f"judge.max_failure_rate must be between 0 and 1, got {cfg.judge.max_failure_rate}")
 
     def domain_of(self, t: int) -> int:
         """The domain of iteration t: the iterations are split into equal consecutive blocks."""
