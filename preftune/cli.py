@@ -1,5 +1,6 @@
 """The `preftune` command line: sft, train, online, eval, generate, methods, verify, quickstart, the
-measurement commands probe, sweep, bench, report (cli_measure.py), and claims (cli_claims.py)."""
+measurement commands probe, sweep, bench, report (cli_measure.py), claims (cli_claims.py), and
+`preftune diffusion ...` (preftune/diffusion/cli.py)."""
 from __future__ import annotations
 
 import argparse
@@ -120,9 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token", help="a Hub token (default: the login or HF_TOKEN)")
 
     from preftune import cli_claims, cli_measure
+    from preftune.diffusion import cli as diffusion_cli
 
     cli_measure.add_parsers(sub, _Formatter)
     cli_claims.add_parser(sub, _Formatter)
+    diffusion_cli.add_parser(sub, _Formatter)
     return parser
 
 
@@ -155,13 +158,13 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
     from preftune import cli_claims, cli_measure
 
-    takes_overrides = ("train", "sft", "quickstart", "online", "claims", *cli_measure.TAKES_OVERRIDES)
+    takes_overrides = ("train", "sft", "quickstart", "online", "diffusion", "claims", *cli_measure.TAKES_OVERRIDES)
     if args.command not in takes_overrides:
         if extras:
             parser.error(f"unrecognised arguments: {' '.join(extras)}")
     handler = {"train": cmd_train, "sft": cmd_train, "eval": cmd_eval, "generate": cmd_generate,
                "methods": cmd_methods, "verify": cmd_verify, "quickstart": cmd_quickstart,
-               "online": cmd_online, "push": cmd_push, "claims": cli_claims.cmd_claims,
+               "online": cmd_online, "push": cmd_push, "diffusion": cmd_diffusion, "claims": cli_claims.cmd_claims,
                **cli_measure.HANDLERS}[args.command]
     import preftune.train  # noqa: F401  (registers the built-in models a training run makes: builtin:arithmetic-sft)
     from preftune.config import ConfigError
@@ -195,6 +198,12 @@ def cmd_train(args, overrides: list[str]) -> int:
           f"{summary['model_dir'] or 'not saved (train.save_model: false)'}")
     print(f"run directory: {run_dir}")
     return 0
+
+
+def cmd_diffusion(args, overrides: list[str]) -> int:
+    from preftune.diffusion import cli as diffusion_cli
+
+    return diffusion_cli.run(args, overrides)
 
 
 def cmd_online(args, overrides: list[str]) -> int:
@@ -297,11 +306,12 @@ def cmd_methods(args, _) -> int:
         print(json.dumps([{"kind": "method", **s.as_dict()} for s in specs] + [t.as_dict() for t in tools], indent=1))
         return 0
     width = max(len(s.name) for s in specs) + 2  # the longest name still leaves a gap
-    print(f"{'name':<{width}}{'seed':<16}{'family':<24}{'reference':<11}{'input':<11}{'status':<14}taxonomy")
+    kind_width = max(len(s.input_kind) for s in specs) + 2  # diffusion kinds are longer than "pairwise"
+    print(f"{'name':<{width}}{'seed':<16}{'family':<24}{'reference':<11}{'input':<{kind_width}}{'status':<14}taxonomy")
     for s in specs:
         tags = "; ".join(",".join(v) for v in s.taxonomy.values() if v)
         print(f"{s.name:<{width}}{(s.seed or '-'):<16}{s.family:<24}{('yes' if s.needs_reference else 'no'):<11}"
-              f"{s.input_kind:<11}{s.status:<14}{tags}")
+              f"{s.input_kind:<{kind_width}}{s.status:<14}{tags}")
     print(f"\n{len(specs)} methods; `preftune methods --json` gives hyperparameters, papers and checks")
     print(f"\n{'analysis tool':<28}{'seed':<22}command")
     for t in tools:

@@ -129,6 +129,31 @@ def resolve_model_name(name_or_path: str) -> str:
     return str(_BUILTIN_MODELS[name_or_path]())
 
 
+def build_once(path: Path, marker: str, build) -> Path:
+    """The cached directory `path`, built by `build(scratch_dir) -> built_dir` if `path/marker` is missing.
+
+    Concurrent processes wait on a file lock, and the directory appears only once complete (built
+    in a scratch folder, then renamed), so they share one build.
+    """
+    import fcntl
+    import shutil
+    import tempfile
+
+    path = Path(path)
+    if (path / marker).exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (path / marker).exists():
+            scratch = Path(tempfile.mkdtemp(prefix="building-", dir=path.parent))
+            built = build(scratch / "build")
+            shutil.rmtree(path, ignore_errors=True)
+            Path(built).rename(path)
+            shutil.rmtree(scratch, ignore_errors=True)
+    return path
+
+
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, switches: tuple[str, str] = CONFIG_SWITCHES):
     """A model's tokenizer (model_source.py: a hub id must be fetchable; no model code runs unless trusted)."""
     from transformers import AutoTokenizer
@@ -192,12 +217,13 @@ class LoraSettings:
     target_modules: list[str] | str = "all-linear"
 
 
-def add_lora(model, settings: LoraSettings):
-    """Wrap `model` with trainable LoRA adapters (peft); the base weights are frozen."""
+def add_lora(model, settings: LoraSettings, task_type: str | None = "CAUSAL_LM"):
+    """Wrap `model` with trainable LoRA adapters (peft); the base weights are frozen. task_type None
+    gives a plain PeftModel, for networks that are not causal LMs (diffusion UNets, transformers)."""
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
-                        target_modules=settings.target_modules, task_type="CAUSAL_LM")
+                        target_modules=settings.target_modules, task_type=task_type)
     return get_peft_model(model, config)
 
 

@@ -23,7 +23,11 @@ from preftune.methods.hyperparameters import check_hyperparameter
 
 # "rollout": sampled responses (K = 1, or K candidate steps) with their per-token quantities as extras;
 # the reinforcement-learning losses of preftune/rl/methods take it (preftune rl, not preftune train).
-INPUT_KINDS = ("pairwise", "pointwise", "listwise", "any", "rollout")
+# The diffusion kinds are the data units of preftune/diffusion/methods (diffusion.md §11): each names
+# what one training example holds, and `preftune diffusion train` builds its records from it.
+DIFFUSION_INPUT_KINDS = ("image-pairs", "image-lists", "unpaired", "condition-pairs", "segment-pairs",
+                         "expert-online", "trajectory-pairs", "trajectories", "sample-groups")
+INPUT_KINDS = ("pairwise", "pointwise", "listwise", "any", "rollout") + DIFFUSION_INPUT_KINDS
 STATUSES = ("stable", "experimental")
 # The four axes of "A Survey of DPO" (Liu et al. 2025, offline.md §18).
 TAXONOMY_AXES = ("data_strategy", "learning_framework", "constraint_mechanism", "model_property")

@@ -270,6 +270,11 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     if (run_dir / "summary.json").exists():
         _pipeline_section(page, run_dir, plots)
         found = True
+    elif (run_dir / "diffusion_summary.json").exists():  # preftune diffusion train (report/diffusion.py)
+        from preftune.report.diffusion import diffusion_section
+
+        diffusion_section(page, run_dir, plots, read_metrics(run_dir))
+        found = True
     elif (run_dir / "train_summary.json").exists() or (run_dir / "metrics.jsonl").exists():
         _training_section(page, run_dir, plots)
         found = True

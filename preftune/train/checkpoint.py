@@ -38,6 +38,32 @@ def save_checkpoint(accelerator, run_dir: Path, step: int, state: dict, keep: in
     return final
 
 
+def save_interrupted(accelerator, run_dir: Path, completed: int, start_step: int, metrics: dict, keep: int) -> None:
+    """Nothing is lost on Ctrl-C or SIGTERM: the last completed step is saved, and --resume continues it."""
+    if completed > start_step:
+        path = save_checkpoint(accelerator, run_dir, completed, {"metrics": metrics, "interrupted": True}, max(keep, 1))
+        if accelerator.is_main_process:
+            print(f"\ninterrupted: saved {path}; continue with --resume")
+
+
+def start_step(accelerator, run_dir: Path, resume: str | bool | None) -> int:
+    """Where a run starts: 0, or the step of the checkpoint `resume` names, with its state loaded. The
+    metrics logged after that step are dropped (a resumed run logs them again); a fresh run starts a
+    fresh metrics file."""
+    from preftune.train.metrics import truncate_metrics
+
+    main = accelerator.is_main_process
+    checkpoint = resolve_resume(run_dir, resume)
+    if checkpoint is None:
+        if main and (Path(run_dir) / "metrics.jsonl").exists():
+            (Path(run_dir) / "metrics.jsonl").unlink()
+        return 0
+    step = load_checkpoint(accelerator, checkpoint)["step"]
+    if main:
+        truncate_metrics(run_dir, step)
+    return step
+
+
 def list_checkpoints(run_dir: Path) -> list[Path]:
     root = checkpoint_dir(run_dir)
     if not root.exists():

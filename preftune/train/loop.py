@@ -26,9 +26,10 @@ from preftune.methods import Objective, build_objective
 from preftune.models import (LoraSettings, Reference, add_lora, load_causal_lm, load_tokenizer,
                              make_reference)
 from preftune.reference_cache import cache_applies, prepare_reference_cache
-from preftune.train.checkpoint import load_checkpoint, resolve_resume, save_checkpoint, sigterm_as_interrupt
+from preftune.train.checkpoint import save_checkpoint, save_interrupted, sigterm_as_interrupt
+from preftune.train.checkpoint import start_step as resume_at
 from preftune.train.distributed import check_process_count, configure_engine, cross_process_ops, load_models_whole
-from preftune.train.metrics import MetricsLogger, StepMetrics, truncate_metrics
+from preftune.train.metrics import MetricsLogger, StepMetrics
 from preftune.train.plan import BatchPlan, batches_by_group
 from preftune.train.trackers import start_trackers, tracker_setup
 from preftune.train.schedules import lr_multiplier
@@ -125,14 +126,7 @@ def train(cfg: RunConfig, data: PreparedData, resume: str | bool | None = None,
     if objective.has_state:
         accelerator.register_for_checkpointing(objective)
 
-    start_step = 0
-    checkpoint = resolve_resume(run_dir, resume)
-    if checkpoint is not None:
-        start_step = load_checkpoint(accelerator, checkpoint)["step"]
-        if main:
-            truncate_metrics(run_dir, start_step)
-    elif main and (run_dir / "metrics.jsonl").exists():
-        (run_dir / "metrics.jsonl").unlink()
+    start_step = resume_at(accelerator, run_dir, resume)
 
     start_trackers(accelerator, cfg.name, to_dict(cfg), resumed_at=start_step)
     logger = MetricsLogger(run_dir, enabled=main, accelerator=accelerator)
@@ -185,11 +179,7 @@ def train(cfg: RunConfig, data: PreparedData, resume: str | bool | None = None,
     except KeyboardInterrupt:
         # Nothing is lost: the last completed step is saved, and `--resume` continues from it.
         optimizer.zero_grad()
-        if completed > start_step:
-            path = save_checkpoint(accelerator, run_dir, completed, {"metrics": last, "interrupted": True},
-                                   max(cfg.train.keep_checkpoints, 1))
-            if main:
-                print(f"\ninterrupted: saved {path}; continue with --resume")
+        save_interrupted(accelerator, run_dir, completed, start_step, last, cfg.train.keep_checkpoints)
         bar.close()
         logger.close()
         release_accelerator()

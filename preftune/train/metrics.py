@@ -25,11 +25,15 @@ class StepMetrics:
         b = out.loss.shape[0] if count else 0
         self.examples += b
         values = {"loss": out.loss.detach()}
-        names = response_names(self.kind, policy.num_responses)
+        # A record says what it logs per response (the diffusion records: errors, step log-probs).
+        per_response = (policy.loggable() if hasattr(policy, "loggable")
+                        else {"logps": policy.sum.detach(), "length": policy.length})
+        names = response_names(self.kind, next(iter(per_response.values())).shape[1])
         for i, name in enumerate(names):
-            values[f"rewards/{name}"] = out.rewards[:, i]
-            values[f"logps/{name}"] = policy.sum[:, i].detach()
-            values[f"length/{name}"] = policy.length[:, i]
+            if i < out.rewards.shape[1]:
+                values[f"rewards/{name}"] = out.rewards[:, i]
+            for key, tensor in per_response.items():
+                values[f"{key}/{name}"] = tensor[:, i]
         for key, value in out.metrics.items():
             values[key] = value
         for key, value in values.items():
