@@ -36,6 +36,8 @@ def _keys_epilog() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from preftune.model_source import add_loading_flags
+
     parser = argparse.ArgumentParser(prog="preftune", description="Train generative models from preference feedback.")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -64,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--out", type=Path, help="write the metrics here as JSON (default: MODEL/../eval.json)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_loading_flags(p)
 
     p = sub.add_parser("generate", help="sample responses from a model",
                        description="Sample responses to prompts from a model (KV-cached, batched).")
@@ -78,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beams", type=int, default=0, metavar="K",
                    help="beam search with K beams instead of sampling: the most likely response (From r to Q*)")
     p.add_argument("--json", action="store_true", help="print one JSON object per prompt")
+    add_loading_flags(p)
 
     p = sub.add_parser("methods", help="list the registered methods",
                        description="List every registered method with its catalogue seed, family, needs and status, "
@@ -245,14 +249,14 @@ def cmd_push(args, _) -> int:
 
 def cmd_eval(args, _) -> int:
     from preftune.eval.task_eval import evaluate_on_task
-    from preftune.models import load_causal_lm, load_tokenizer
+    from preftune.model_source import flag_loading
+    from preftune.models import load_causal_lm, load_tokenizer_and_model
     from preftune.tasks import get_task
 
-    task = get_task(args.task)
-    tokenizer = load_tokenizer(args.model)
-    model = load_causal_lm(args.model)
-    baseline = load_causal_lm(args.baseline) if args.baseline else None
-    reference = load_causal_lm(args.reference) if args.reference else None
+    task, loading = get_task(args.task), flag_loading(args)
+    tokenizer, model = load_tokenizer_and_model(args.model, **loading)
+    baseline = load_causal_lm(args.baseline, **loading) if args.baseline else None
+    reference = load_causal_lm(args.reference, **loading) if args.reference else None
     metrics = evaluate_on_task(model, tokenizer, task, task.prompts("test", args.prompts), baseline=baseline,
                                reference=reference, samples_per_prompt=args.samples, temperature=args.temperature,
                                max_new_tokens=args.max_new_tokens, seed=args.seed, progress=not args.json)
@@ -272,7 +276,8 @@ def cmd_eval(args, _) -> int:
 
 
 def cmd_generate(args, _) -> int:
-    from preftune.models import load_causal_lm, load_tokenizer
+    from preftune.model_source import flag_loading
+    from preftune.models import load_tokenizer_and_model
     from preftune.sampling import sample
 
     prompts = list(args.prompt)
@@ -280,7 +285,7 @@ def cmd_generate(args, _) -> int:
         prompts += [line for line in args.prompts_file.read_text().splitlines() if line.strip()]
     if not prompts:
         raise ValueError("give at least one --prompt or a --prompts-file")
-    tokenizer, model = load_tokenizer(args.model), load_causal_lm(args.model)
+    tokenizer, model = load_tokenizer_and_model(args.model, **flag_loading(args))
     if args.beams:
         from preftune.eval.search import beam_search
 

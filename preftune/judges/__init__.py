@@ -40,7 +40,7 @@ def check_judge_options(kind: str, options: dict) -> None:
 
 def build_judge(kind: str, task=None, **options) -> Judge:
     """A judge by kind: "task" (the task's gold oracle), "reward_model" / "pairwise_model" (options: path,
-    device, batch_size, max_length), or "llm" (options: see LLMJudge)."""
+    device, batch_size, max_length, allow_pickle, trust_remote_code), or "llm" (options: see LLMJudge)."""
     if kind == "task":
         if task is None:
             raise ValueError("the task judge needs a built-in task")
