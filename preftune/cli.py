@@ -36,7 +36,7 @@ def _keys_epilog() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from preftune.config import add_recipe_arguments
+    from preftune.model_source import add_loading_flags
 
     parser = argparse.ArgumentParser(prog="preftune", description="Train generative models from preference feedback.")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
@@ -46,7 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
                             ("sft", "supervised fine-tuning (the `sft` objective, no reference model)")):
         p = sub.add_parser(name, help=help_text, description=help_text, epilog=_keys_epilog(),
                            formatter_class=_Formatter)
-        add_recipe_arguments(p, "YAML recipe (see configs/); overrides apply on top")
+        p.add_argument("--config", type=Path, help="YAML recipe (see configs/); overrides apply on top")
+        p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CHECKPOINT",
+                       help="continue from the run's latest checkpoint, or from CHECKPOINT. Ctrl-C or SIGTERM "
+                            "finishes the step in progress, saves it and exits (130, 143); --resume then "
+                            "continues exactly")
 
     p = sub.add_parser("eval", help="evaluate a model on a built-in task: gold reward, win-rate, KL, length",
                        description="Evaluate a model on the held-out prompts of a built-in task. The gold oracle "
@@ -62,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--out", type=Path, help="write the metrics here as JSON (default: MODEL/../eval.json)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_loading_flags(p)
 
     p = sub.add_parser("generate", help="sample responses from a model",
                        description="Sample responses to prompts from a model (KV-cached, batched).")
@@ -76,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beams", type=int, default=0, metavar="K",
                    help="beam search with K beams instead of sampling: the most likely response (From r to Q*)")
     p.add_argument("--json", action="store_true", help="print one JSON object per prompt")
+    add_loading_flags(p)
 
     p = sub.add_parser("methods", help="list the registered methods",
                        description="List every registered method with its catalogue seed, family, needs and status, "
@@ -101,10 +107,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("online", help="online / self-play training: iterations of sample -> judge -> pairs -> update",
                        description="Run an online method (online_dpo, dno, sppo, inpo, egpo, nash_mp, mnpo, apo, "
                                    "ofs_dpo) for several iterations; see configs/online/. Keys can be overridden "
-                                   "as --section.key=value, e.g. --iterations=5 --train.lr=1e-4.",
+                                   "as --section.key=value, e.g. --iterations=5 --train.lr=1e-4. Each iteration "
+                                   "prints the judge's counters; a judge that fails stops the run (a rejected "
+                                   "key at its first request; an iteration with more than judge.max_failure_rate "
+                                   "of failed requests, default 0.2, after saving what was done).",
                        formatter_class=_Formatter)
     p.add_argument("--config", type=Path, help="online recipe (configs/online/<method>.yaml)")
-    p.add_argument("--resume", action="store_true", help="continue a stopped run at the iteration it stopped in")
+    p.add_argument("--resume", action="store_true", help="continue a stopped run at the iteration it stopped in "
+                                                         "(Ctrl-C or SIGTERM stops at once: exit 130, 143)")
 
     p = sub.add_parser("push", help="upload a run's model, with its model card, to the Hugging Face Hub",
                        description="Upload the model directory of a run (RUN/model: weights, tokenizer and the model "
@@ -165,15 +175,16 @@ def main(argv: list[str] | None = None) -> int:
     import preftune.train  # noqa: F401  (registers the built-in models a training run makes: builtin:arithmetic-sft)
     from preftune.config import ConfigError
     from preftune.data.formats import DataError
+    from preftune.judges import JudgeError
 
     try:
         return handler(args, _overrides(parser, extras) if args.command in takes_overrides else [])
-    except (ConfigError, DataError, KeyError, ValueError, FileNotFoundError) as error:
+    except (ConfigError, DataError, JudgeError, KeyError, ValueError, FileNotFoundError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"preftune {args.command}: error: {message}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt as stop:  # the loops have saved what can be resumed and said so
+        return getattr(stop, "exit_code", 130)
 
 
 def cmd_train(args, overrides: list[str]) -> int:
@@ -238,14 +249,14 @@ def cmd_push(args, _) -> int:
 
 def cmd_eval(args, _) -> int:
     from preftune.eval.task_eval import evaluate_on_task
-    from preftune.models import load_causal_lm, load_tokenizer
+    from preftune.model_source import flag_loading
+    from preftune.models import load_causal_lm, load_tokenizer_and_model
     from preftune.tasks import get_task
 
-    task = get_task(args.task)
-    tokenizer = load_tokenizer(args.model)
-    model = load_causal_lm(args.model)
-    baseline = load_causal_lm(args.baseline) if args.baseline else None
-    reference = load_causal_lm(args.reference) if args.reference else None
+    task, loading = get_task(args.task), flag_loading(args)
+    tokenizer, model = load_tokenizer_and_model(args.model, **loading)
+    baseline = load_causal_lm(args.baseline, **loading) if args.baseline else None
+    reference = load_causal_lm(args.reference, **loading) if args.reference else None
     metrics = evaluate_on_task(model, tokenizer, task, task.prompts("test", args.prompts), baseline=baseline,
                                reference=reference, samples_per_prompt=args.samples, temperature=args.temperature,
                                max_new_tokens=args.max_new_tokens, seed=args.seed, progress=not args.json)
@@ -265,7 +276,8 @@ def cmd_eval(args, _) -> int:
 
 
 def cmd_generate(args, _) -> int:
-    from preftune.models import load_causal_lm, load_tokenizer
+    from preftune.model_source import flag_loading
+    from preftune.models import load_tokenizer_and_model
     from preftune.sampling import sample
 
     prompts = list(args.prompt)
@@ -273,7 +285,7 @@ def cmd_generate(args, _) -> int:
         prompts += [line for line in args.prompts_file.read_text().splitlines() if line.strip()]
     if not prompts:
         raise ValueError("give at least one --prompt or a --prompts-file")
-    tokenizer, model = load_tokenizer(args.model), load_causal_lm(args.model)
+    tokenizer, model = load_tokenizer_and_model(args.model, **flag_loading(args))
     if args.beams:
         from preftune.eval.search import beam_search
 

@@ -56,6 +56,7 @@ ALLOWED: dict[str, tuple[Any, str]] = {
     "sampler.top_p": (lambda v: 0 < v <= 1, "in (0, 1]"), "sampler.top_k": (_at_least(0), ">= 0 (0: no top-k)"),
     "sampler.max_new_tokens": (_at_least(1), ">= 1"), "sampler.batch_size": (_at_least(1), ">= 1"),
     "judge.labels": (_one_of("probability", "bernoulli"), "probability or bernoulli"),
+    "judge.max_failure_rate": _RATIO,
 }
 
 

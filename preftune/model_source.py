@@ -72,14 +72,38 @@ def hub_options(name: str) -> dict:
     return {}
 
 
-def explain_load_error(name: str, error: Exception, allow_pickle: bool, trust_remote_code: bool) -> Exception:
-    """A one-line error for the two refusals of a safe load, or the original error."""
+# How a user opts in to each of the two risky loads, by where the model was named: a config's
+# `model` section, the flags of a command that takes --model, or a judge's options.
+CONFIG_SWITCHES = ("model.allow_pickle: true", "model.trust_remote_code: true")
+FLAG_SWITCHES = ("--allow-pickle", "--trust-remote-code")
+JUDGE_SWITCHES = ("judge.options.allow_pickle: true", "judge.options.trust_remote_code: true")
+
+
+def add_loading_flags(parser) -> None:
+    """--allow-pickle and --trust-remote-code for a command that loads the models it is given."""
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="load pickle checkpoints (pytorch_model.bin), which can run code; default: safetensors only")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="run the code a model ships with (auto_map in its config); read it first")
+
+
+def flag_loading(args) -> dict:
+    """The keyword arguments of load_causal_lm for the flags add_loading_flags defined."""
+    return {"allow_pickle": args.allow_pickle, "trust_remote_code": args.trust_remote_code,
+            "switches": FLAG_SWITCHES}
+
+
+def explain_load_error(name: str, error: Exception, allow_pickle: bool, trust_remote_code: bool,
+                       switches: tuple[str, str] = CONFIG_SWITCHES) -> Exception:
+    """A one-line error for the two refusals of a safe load, naming the switch that allows it
+    (`switches`: allow_pickle's, trust_remote_code's), or the original error."""
+    pickle_switch, code_switch = switches
     text = str(error)
     if not trust_remote_code and "trust_remote_code" in text:
-        return ModelSourceError(f"model {name!r} ships its own code (auto_map in its config), which preftune does "
-                                "not run unless the config sets model.trust_remote_code: true (read the code first)")
+        return ModelSourceError(f"model {name!r} ships its own code (auto_map in its config), which preftune runs "
+                                f"only with {code_switch} (read the code first)")
     if not allow_pickle and "safetensors" in text.lower():
         return ModelSourceError(f"model {name!r} has no safetensors weights; a pickle checkpoint (pytorch_model.bin) "
-                                "can run code when it is loaded, so preftune loads one only with "
-                                "model.allow_pickle: true (or convert it to safetensors)")
+                                f"can run code when it is loaded, so preftune loads one only with {pickle_switch} "
+                                "(or convert it to safetensors)")
     return error

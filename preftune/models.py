@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from preftune.model_source import explain_load_error, hub_options
+from preftune.model_source import CONFIG_SWITCHES, explain_load_error, hub_options
 
 BUILTIN_TINY = "builtin:tiny"
 # The tiny model after the quickstart's SFT stage, trained once and cached (train/builtin_models.py).
@@ -154,7 +154,7 @@ def build_once(path: Path, marker: str, build) -> Path:
     return path
 
 
-def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, switches: tuple[str, str] = CONFIG_SWITCHES):
     """A model's tokenizer (model_source.py: a hub id must be fetchable; no model code runs unless trusted)."""
     from transformers import AutoTokenizer
 
@@ -165,32 +165,48 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, **options)
     except (OSError, ValueError) as error:
-        raise explain_load_error(name_or_path, error, True, trust_remote_code) from None
+        raise explain_load_error(name_or_path, error, True, trust_remote_code, switches) from None
     if tokenizer.pad_token is None:
         # Causal LMs often ship without a pad token; padding is always masked, so EOS serves.
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 
-def load_causal_lm(name_or_path: str, dtype: str = "float32", seed: int = 0, tokenizer=None,
-                   trust_remote_code: bool = False, allow_pickle: bool = False):
-    """Load a causal LM from a local directory or hub id; `builtin:tiny` builds a fresh tiny model.
+def load_pretrained(auto_class, name_or_path: str, trust_remote_code: bool = False, allow_pickle: bool = False,
+                    switches: tuple[str, str] = CONFIG_SWITCHES, **kwargs):
+    """`auto_class.from_pretrained` (any transformers Auto model class), safely: safetensors weights
+    only unless allow_pickle, no code shipped with the model unless trust_remote_code, and a hub
+    id that cannot be fetched fails at once (model_source.py). A refusal names `switches`, the
+    keys or flags that allow it where the model was named."""
+    options = hub_options(name_or_path)
+    try:
+        return auto_class.from_pretrained(name_or_path, use_safetensors=None if allow_pickle else True,
+                                          trust_remote_code=trust_remote_code, **options, **kwargs)
+    except (OSError, ValueError) as error:
+        raise explain_load_error(name_or_path, error, allow_pickle, trust_remote_code, switches) from None
 
-    Safetensors weights only unless allow_pickle, and no code shipped with the model unless
-    trust_remote_code (model_source.py); a hub id that cannot be fetched fails at once."""
+
+def load_causal_lm(name_or_path: str, dtype: str = "float32", seed: int = 0, tokenizer=None,
+                   trust_remote_code: bool = False, allow_pickle: bool = False,
+                   switches: tuple[str, str] = CONFIG_SWITCHES):
+    """Load a causal LM from a local directory or hub id (load_pretrained's safe rules); `builtin:tiny`
+    builds a fresh tiny model."""
     from transformers import AutoModelForCausalLM
 
     name_or_path = resolve_model_name(name_or_path)
     if name_or_path == BUILTIN_TINY:
         model = build_tiny_model(tokenizer or build_tiny_tokenizer(), seed=seed)
         return model.to(resolve_dtype(dtype))
-    options = hub_options(name_or_path)
-    try:
-        return AutoModelForCausalLM.from_pretrained(name_or_path, dtype=resolve_dtype(dtype), use_safetensors=
-                                                    None if allow_pickle else True,
-                                                    trust_remote_code=trust_remote_code, **options)
-    except (OSError, ValueError) as error:
-        raise explain_load_error(name_or_path, error, allow_pickle, trust_remote_code) from None
+    return load_pretrained(AutoModelForCausalLM, name_or_path, trust_remote_code, allow_pickle, switches,
+                           dtype=resolve_dtype(dtype))
+
+
+def load_tokenizer_and_model(name_or_path: str, trust_remote_code: bool = False, allow_pickle: bool = False,
+                             switches: tuple[str, str] = CONFIG_SWITCHES):
+    """A causal LM in float32 and its tokenizer, both under the same safe-loading options."""
+    tokenizer = load_tokenizer(name_or_path, trust_remote_code, switches)
+    return tokenizer, load_causal_lm(name_or_path, tokenizer=tokenizer, trust_remote_code=trust_remote_code,
+                                     allow_pickle=allow_pickle, switches=switches)
 
 
 @dataclass

@@ -15,8 +15,6 @@ DESCRIPTION = ("Preference tuning of diffusion and flow models (diffusion.md): t
 
 
 def add_parser(sub, formatter) -> None:
-    from preftune.config import add_recipe_arguments
-
     parser = sub.add_parser("diffusion", help="train, sample and evaluate diffusion / flow models",
                             description=DESCRIPTION, formatter_class=formatter)
     commands = parser.add_subparsers(dest="diffusion_command", metavar="COMMAND")
@@ -24,7 +22,10 @@ def add_parser(sub, formatter) -> None:
                             description="Train a diffusion or flow model with a recipe; overrides look like "
                                         "--train.lr=1e-4 --loss.diffusion_dpo.beta=100.",
                             epilog=_keys_epilog(), formatter_class=formatter)
-    add_recipe_arguments(p, "YAML recipe (configs/diffusion/<method>.yaml)")
+    p.add_argument("--config", type=Path, help="YAML recipe (configs/diffusion/<method>.yaml)")
+    p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CHECKPOINT",
+                   help="continue from the run's latest checkpoint, or from CHECKPOINT (Ctrl-C or SIGTERM saves "
+                        "the last completed step)")
     p = commands.add_parser("sample", help="draw samples from a model into a PNG grid (and a .pt tensor)",
                             description="Sample from a diffusion model directory (a trained run's model/ or any "
                                         "pipeline / denoiser directory) and save a PNG grid.")

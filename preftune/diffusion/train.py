@@ -21,9 +21,9 @@ from preftune.config import to_dict
 from preftune.diffusion.batches import INDEPENDENT_NOISE, INVERSION, NoisePlan, build_records, generator
 from preftune.diffusion.config import DiffusionConfig
 from preftune.methods import build_objective
-from preftune.train.checkpoint import save_checkpoint, sigterm_as_interrupt
+from preftune.train.checkpoint import save_checkpoint, save_interrupted, sigterm_as_interrupt
 from preftune.train.checkpoint import start_step as resume_at
-from preftune.train.loop import clip_gradients, make_accelerator, release_accelerator, stop_interrupted
+from preftune.train.loop import clip_gradients, make_accelerator, release_accelerator
 from preftune.train.distributed import configure_engine
 from preftune.train.metrics import MetricsLogger, StepMetrics
 from preftune.train.schedules import lr_multiplier
@@ -221,8 +221,12 @@ def train_diffusion(cfg: DiffusionConfig, resume: str | bool | None = None, on_s
                 if on_step_end is not None:
                     on_step_end(completed, last)
     except KeyboardInterrupt:
-        stop_interrupted(accelerator, optimizer, run_dir, completed, start_step, last, cfg.train.keep_checkpoints,
-                         bar, logger)
+        # Nothing is lost: the last completed step is saved, and `--resume` continues from it.
+        optimizer.zero_grad()
+        save_interrupted(accelerator, run_dir, completed, start_step, last, cfg.train.keep_checkpoints)
+        bar.close()
+        logger.close()
+        release_accelerator()
         raise
     bar.close()
 

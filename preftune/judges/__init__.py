@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import inspect
 
-from preftune.judges.base import Judge, JudgeCapabilityError, JudgeStats, preference_matrix
+from preftune.judges.base import Judge, JudgeCapabilityError, JudgeError, JudgeStats, preference_matrix
 from preftune.judges.oracle import TaskJudge
 
 JUDGE_KINDS = ("task", "reward_model", "pairwise_model", "llm")
@@ -40,7 +40,7 @@ def check_judge_options(kind: str, options: dict) -> None:
 
 def build_judge(kind: str, task=None, **options) -> Judge:
     """A judge by kind: "task" (the task's gold oracle), "reward_model" / "pairwise_model" (options: path,
-    device, batch_size, max_length), or "llm" (options: see LLMJudge)."""
+    device, batch_size, max_length, allow_pickle, trust_remote_code), or "llm" (options: see LLMJudge)."""
     if kind == "task":
         if task is None:
             raise ValueError("the task judge needs a built-in task")
@@ -58,5 +58,5 @@ def build_judge(kind: str, task=None, **options) -> Judge:
     raise ValueError(f"unknown judge kind {kind!r}; use one of {', '.join(JUDGE_KINDS)}")
 
 
-__all__ = ["JUDGE_KINDS", "Judge", "JudgeCapabilityError", "JudgeStats", "TaskJudge", "build_judge",
+__all__ = ["JUDGE_KINDS", "Judge", "JudgeCapabilityError", "JudgeError", "JudgeStats", "TaskJudge", "build_judge",
            "check_judge_options", "judge_options", "preference_matrix"]
