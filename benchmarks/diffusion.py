@@ -141,13 +141,19 @@ def run_cell(job: dict) -> dict:
                                  f"--output_dir={job['out']}", "--train.progress=false"])
     run_dir = train_diffusion(cfg)
     summary = json.loads((run_dir / SUMMARY).read_text())
-    curve = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    curve = [{"step": r["step"], "reward": r["eval/reward"], "evaluations": r.get("reward_evaluations")}
-             for r in curve if "eval/reward" in r]
+    curve = reward_curve(run_dir)
     return {**{k: job[k] for k in ("cell", "seed", "setting", "beta")}, "final": summary["eval"],
             "initial": summary["initial_eval"], "curve": curve, "seconds": round(time.perf_counter() - started, 1),
             "cpu_seconds": round(time.process_time() - cpu, 1),
             "reward_evaluations": summary["final_train_metrics"].get("reward_evaluations")}
+
+
+def reward_curve(run_dir: Path) -> list[dict]:
+    """Evaluation reward per step, with the reward evaluations spent by then (from that step's training row)."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    spent = {r["step"]: r["reward_evaluations"] for r in rows if "reward_evaluations" in r}
+    return [{"step": r["step"], "reward": r["eval/reward"], "evaluations": spent.get(r["step"], 0)}
+            for r in rows if "eval/reward" in r]
 
 
 def run_jobs(jobs: list[dict], workers: int, log) -> list[dict]:
@@ -273,6 +279,40 @@ def machine() -> str:
            f"fp32 throughout; Python {platform.python_version()}"
 
 
+def write_table(record: dict, path: Path, smoke: bool = False) -> str:
+    """The Markdown table of a run's record (the JSON beside it), written to `path`."""
+    pilots, results, betas, (load_start, load_end) = record["pilots"], record["results"], record["betas"], record["load"]
+    wall, jobs = record["wall_seconds"], record.get("jobs", 2)
+    header = [f"# Diffusion methods on the toy settings (diffusion.md §12){' — smoke' if smoke else ''}", "",
+              f"Command: `python benchmarks/diffusion.py{' --smoke' if smoke else ''} --jobs {jobs}`; "
+              f"{record.get('date') or time.strftime('%Y-%m-%d')}; machine: {record.get('machine') or machine()}.",
+              f"Wall time {wall / 60:.1f} min for {len(pilots) + len(results)} runs ({len(pilots)} pilot) with {jobs} "
+              f"jobs of one torch thread; total CPU time of the runs "
+              f"{sum(r['cpu_seconds'] for r in pilots + results) / 60:.1f} min; load average (1, 5, 15 min) "
+              f"{', '.join(f'{v:.1f}' for v in load_start)} at the start and {', '.join(f'{v:.1f}' for v in load_end)} "
+              f"at the end.",
+              f"Seeds {record.get('seeds', sorted({r['seed'] for r in results}))}; mean ± std over seeds. Pilot betas "
+              f"(Diffusion-DPO, seed 100, grid {list(BETAS)}): " + ", ".join(f"{s} {b:g}" for s, b in betas.items()) + ".",
+              "Metrics: the final evaluation on fixed noise (1000 samples, deterministic sampler): reward (toy ground "
+              "truth), target fraction (share hitting the target), on-manifold (share within 3 sigma of a mode: the "
+              "quality proxy), MMD to data, KL proxy E||f_theta - f_ref||^2, implicit accuracy on held-out pairs."]
+    text = table(results, betas, header)
+    path.write_text(text)
+    return text
+
+
+def render(json_path: Path, runs: Path) -> str:
+    """Re-write the table of a finished run from its JSON; reward curves are re-read from the run
+    directories under `runs` where they are still there (nothing is trained)."""
+    record = json.loads(json_path.read_text())
+    for result in record["results"]:
+        found = sorted(runs.glob(f"{result['cell'].replace(' ', '_').replace('/', '-')}-s{result['seed']}/*/metrics.jsonl"))
+        if found:
+            result["curve"] = reward_curve(found[0].parent)
+    json_path.write_text(json.dumps(record, indent=1))
+    return write_table(record, json_path.with_suffix(".md"), json_path.stem.endswith("_smoke"))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="The diffusion catalogue rows against their baselines on toys.")
     parser.add_argument("--smoke", action="store_true",
@@ -282,7 +322,12 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "diffusion-bench")
     parser.add_argument("--toys", type=Path, help="smoke: a directory of quick toy base models (name -> dir)")
+    parser.add_argument("--render", type=Path, metavar="JSON",
+                        help="re-write the table of a finished run from its JSON (and the run directories in --runs)")
     args = parser.parse_args(argv)
+    if args.render:
+        print(render(args.render, args.runs))
+        return 0
     started, load_start = time.perf_counter(), os.getloadavg()
     log = lambda *a: print(*a, flush=True)  # noqa: E731
     smoke = _smoke_overrides(args) if args.smoke else []
@@ -311,25 +356,12 @@ def main(argv=None) -> int:
     log(f"{len(jobs)} runs: {len(seen)} cells x {len(seeds)} seeds")
     results = run_jobs(jobs, args.jobs, log)
     wall, load_end = time.perf_counter() - started, os.getloadavg()
-    header = [f"# Diffusion methods on the toy settings (diffusion.md §12){' — smoke' if args.smoke else ''}", "",
-              f"Command: `python benchmarks/diffusion.py{' --smoke' if args.smoke else ''} --jobs {args.jobs}`; "
-              f"{time.strftime('%Y-%m-%d')}; machine: {machine()}.",
-              f"Wall time {wall / 60:.1f} min for {len(pilots) + len(results)} runs ({len(pilots)} pilot) with {args.jobs} "
-              f"jobs of one torch thread; total CPU time of the runs "
-              f"{sum(r['cpu_seconds'] for r in pilots + results) / 60:.1f} min; load average (1, 5, 15 min) "
-              f"{', '.join(f'{v:.1f}' for v in load_start)} at the start and {', '.join(f'{v:.1f}' for v in load_end)} "
-              f"at the end.",
-              f"Seeds {seeds}; mean ± std over seeds. Pilot betas (Diffusion-DPO, seed 100, grid {list(BETAS)}): "
-              + ", ".join(f"{s} {b:g}" for s, b in betas.items()) + ".",
-              "Metrics: the final evaluation on fixed noise (1000 samples, deterministic sampler): reward (toy ground "
-              "truth), target fraction (share hitting the target), on-manifold (share within 3 sigma of a mode: the "
-              "quality proxy), MMD to data, KL proxy E||f_theta - f_ref||^2, implicit accuracy on held-out pairs."]
-    text = table(results, betas, header)
+    record = {"betas": betas, "pilots": pilots, "results": results, "wall_seconds": wall, "load": [load_start, load_end],
+              "seeds": seeds, "jobs": args.jobs, "date": time.strftime("%Y-%m-%d"), "machine": machine()}
     name = "diffusion_smoke" if args.smoke else "diffusion"
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{name}.md").write_text(text)
-    (args.out / f"{name}.json").write_text(json.dumps({"betas": betas, "pilots": pilots, "results": results,
-                                                       "wall_seconds": wall, "load": [load_start, load_end]}, indent=1))
+    (args.out / f"{name}.json").write_text(json.dumps(record, indent=1))
+    text = write_table(record, args.out / f"{name}.md", args.smoke)
     log(text)
     log(f"wrote {args.out / f'{name}.md'} in {wall / 60:.1f} min")
     return 0
