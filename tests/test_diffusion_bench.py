@@ -64,3 +64,10 @@ def test_smoke_bench_runs_every_cell_and_writes_the_table(tmp_path):
         assert f"### {row.catalogue}" in text
     assert text.count("Reproduced") + text.count("Not reproduced") == len(bench.ROWS)
     assert "load average" in text and "flags" in text
+    # An online cell's curve counts the reward evaluations spent by each evaluated step.
+    awm = next(r for r in report["results"] if r["cell"] == "awm")
+    assert awm["curve"][0]["evaluations"] == 0 and awm["curve"][-1]["evaluations"] == awm["reward_evaluations"] > 0
+    # --render re-writes the same table from the JSON and the run directories.
+    (tmp_path / "out" / "diffusion_smoke.md").unlink()
+    assert bench.main(["--render", str(tmp_path / "out" / "diffusion_smoke.json"), "--runs", str(tmp_path / "runs")]) == 0
+    assert (tmp_path / "out" / "diffusion_smoke.md").read_text() == text
