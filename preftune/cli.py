@@ -1,5 +1,5 @@
-"""The `preftune` command line: sft, train, online, eval, generate, methods, verify, quickstart, and the
-measurement commands probe, sweep, bench, report (cli_measure.py)."""
+"""The `preftune` command line: sft, train, online, eval, generate, methods, verify, quickstart, the
+measurement commands probe, sweep, bench, report (cli_measure.py), and rl (cli_rl.py)."""
 from __future__ import annotations
 
 import argparse
@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beams", type=int, default=0, metavar="K",
                    help="beam search with K beams instead of sampling: the most likely response (From r to Q*)")
     p.add_argument("--json", action="store_true", help="print one JSON object per prompt")
+    from preftune import cli_rl
+
+    cli_rl.add_generate_arguments(p)
 
     p = sub.add_parser("methods", help="list the registered methods",
                        description="List every registered method with its catalogue seed, family, needs and status, "
@@ -104,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     from preftune import cli_measure
 
     cli_measure.add_parsers(sub, _Formatter)
+    cli_rl.add_parsers(sub, _Formatter)
     return parser
 
 
@@ -134,15 +138,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     _quiet_libraries()
-    from preftune import cli_measure
+    from preftune import cli_measure, cli_rl
 
-    takes_overrides = ("train", "sft", "quickstart", "online", *cli_measure.TAKES_OVERRIDES)
+    takes_overrides = ("train", "sft", "quickstart", "online", *cli_measure.TAKES_OVERRIDES, *cli_rl.TAKES_OVERRIDES)
     if args.command not in takes_overrides:
         if extras:
             parser.error(f"unrecognised arguments: {' '.join(extras)}")
     handler = {"train": cmd_train, "sft": cmd_train, "eval": cmd_eval, "generate": cmd_generate,
                "methods": cmd_methods, "verify": cmd_verify, "quickstart": cmd_quickstart,
-               "online": cmd_online, **cli_measure.HANDLERS}[args.command]
+               "online": cmd_online, **cli_measure.HANDLERS, **cli_rl.HANDLERS}[args.command]
     from preftune.config import ConfigError
     from preftune.data.formats import DataError
 
@@ -230,6 +234,10 @@ def cmd_generate(args, _) -> int:
         prompts += [line for line in args.prompts_file.read_text().splitlines() if line.strip()]
     if not prompts:
         raise ValueError("give at least one --prompt or a --prompts-file")
+    if args.value_model:
+        from preftune.cli_rl import generate_with_value_model
+
+        return generate_with_value_model(args, prompts)
     tokenizer, model = load_tokenizer(args.model), load_causal_lm(args.model)
     if args.beams:
         from preftune.eval.search import beam_search

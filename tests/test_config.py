@@ -68,6 +68,10 @@ def test_every_yaml_recipe_in_configs_is_valid():
             from preftune.bench import load_bench_config
 
             load_bench_config(path)
+        elif path.parent.name == "rl":  # `preftune rl` recipes (preftune/rl/config.py)
+            from preftune.rl.config import load_rl_config
+
+            load_rl_config(path)
         elif path.parent.name != "online":  # online recipes have their own schema and test
             load_config(path)
 
