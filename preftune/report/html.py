@@ -1,6 +1,7 @@
 """`preftune report RUN_DIR`: one self-contained HTML page with a run's plots and summary.
 
-Works on any run directory preftune writes: a training run (metrics.jsonl, train_summary.json),
+Works on any run directory preftune writes: a training run (metrics.jsonl, train_summary.json), an RL run
+(rl_summary.json),
 a quickstart pipeline (summary.json and its stages), a bench (results.json), a sweep
 (sweep/sweep.json) or a probe (probe.json). The plots are drawn with matplotlib and embedded as
 base64 PNG data URIs, so the page is one file that opens anywhere, offline. A few lines of script
@@ -227,7 +228,12 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     page = Page(f"preftune report: {run_dir.resolve().name}")
     page.paragraph(f"Run directory `{run_dir.resolve()}`; generated {time.strftime('%Y-%m-%d %H:%M:%S')}.", muted=True)
     found = False
-    if (run_dir / "summary.json").exists():
+    if (run_dir / "rl_summary.json").exists():  # `preftune rl` (its metrics.jsonl is not a training run's)
+        from preftune.report.rl_plots import rl_section
+
+        rl_section(page, run_dir, plots)
+        found = True
+    elif (run_dir / "summary.json").exists():
         _pipeline_section(page, run_dir, plots)
         found = True
     elif (run_dir / "train_summary.json").exists() or (run_dir / "metrics.jsonl").exists():
@@ -247,7 +253,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         _probe_section(page, run_dir / "probe.json", plots)
         found = True
     if not found:
-        raise FileNotFoundError(f"{run_dir} holds no preftune run (no train_summary.json, metrics.jsonl, summary.json, "
+        raise FileNotFoundError(f"{run_dir} holds no preftune run (no train_summary.json, metrics.jsonl, rl_summary.json, summary.json, "
                                 f"online_summary.json, results.json, sweep.json or probe.json)")
     path = Path(out) if out else run_dir / "report.html"
     path.write_text(page.render())
