@@ -79,6 +79,9 @@ def run_rl(cfg: RLConfig | LotSizingRunConfig, resume: str | bool | None = None,
     # own accelerator: they come first.
     objective = build_objective(cfg.loss)
     kind = algorithm_of(objective)
+    if cfg.train.grad_accum != 1:
+        raise ValueError("preftune rl takes one micro-batch per optimizer step: leave train.grad_accum at 1 and "
+                         "set train.batch_size")
     model_path = warm_start(cfg) if cfg.warm_start.enabled else cfg.model.name_or_path
     dpo_path = dpo_policy_path(cfg, model_path) if "dpo" in objective.extras else None
     accelerator = make_accelerator(cfg)

@@ -1,0 +1,42 @@
+"""benchmarks/rl.py --smoke: every cell runs and the table states every claim with the command, the machine
+and the load (the numbers of an untrained tiny model say nothing; the full table is benchmarks/results/rl.md)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_benchmark():
+    spec = importlib.util.spec_from_file_location("rl_benchmark", ROOT / "benchmarks" / "rl.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_smoke_benchmark_writes_the_table(tmp_path):
+    bench = load_benchmark()
+    table = tmp_path / "rl.md"
+    assert bench.main(["--smoke", "--jobs", "0", "--out", str(tmp_path), "--table", str(table)]) == 0
+    report = json.loads(table.with_suffix(".json").read_text())
+    assert all(run["code"] == 0 and run["summary"] for run in report["runs"])
+    assert {run["cell"] for run in report["runs"]} == {cell[0] for cell in bench.CELLS}
+    text = table.read_text()
+    for needle in ("Command: `python benchmarks/rl.py --smoke", "CPU flags", "load average", "pdppo: PDPPO's expected",
+                   "rto: greedy accuracy", "oreo: value-guided", "mcts_dpo: greedy", "dapo_step: greedy",
+                   "mo_grpo (safety): gold helpful is higher when its weight is .5 than .2"):
+        assert needle in text, needle
+    assert all(r["verdict"] in ("holds", "does not hold") for r in report["claims"])
+
+
+def test_verdict_needs_the_mean_and_a_majority_of_seeds():
+    bench = load_benchmark()
+    assert bench.verdict([0.1, 0.2, -0.05]) == "holds"
+    assert bench.verdict([0.5, -0.1, -0.1]) == "does not hold"  # mean up, majority down
+    assert bench.verdict([0.0, 0.0, 0.0]) == "does not hold"
+    assert bench.stats([1.0, 2.0, 3.0]) == "2.000 ± 1.000"
