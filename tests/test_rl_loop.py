@@ -163,3 +163,12 @@ def test_objectives_outside_rl_are_refused():
 
     with pytest.raises(ValueError, match="trained by `preftune train`"):
         algorithm_of(build_objective("dpo"))
+
+
+@pytest.mark.slow
+def test_a_value_head_on_the_policy_backbone_trains_with_it(tmp_path):
+    with single_threaded():
+        run_dir = run_rl(recipe("ppo", tmp_path, "--value.shared_backbone=true", "--iterations=1"))
+    assert (run_dir / "model" / "value_head.json").exists() and not (run_dir / "value_model").exists()
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["train/steps"] >= 1 and "train/value_loss" in rows[-1]

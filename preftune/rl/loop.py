@@ -104,6 +104,8 @@ def run_rl(cfg: RLConfig | LotSizingRunConfig, resume: str | bool | None = None,
     prepared = accelerator.prepare(policy, *trained, optimizer)
     policy, optimizer = prepared[0], prepared[-1]
     ctx.policy = policy
+    if trained and ctx.value_model is not None:
+        ctx.value_model = prepared[1]
     maker = make_maker(kind, ctx)
 
     # --- where to start
