@@ -183,7 +183,7 @@ def run_preftune(spec: dict, out: Path, times: list) -> dict:
     from preftune.config import load_config
     from preftune.data.prepare import prepare_data
     from preftune.models import load_tokenizer
-    from preftune.train.loop import train
+    from preftune.train.runner import run_training
 
     overrides = [f"--output_dir={out}", f"--model.name_or_path={spec['model']}", f"--data.source={spec['data']}",
                  f"--data.max_length={spec['max_length']}", f"--data.max_prompt_length={spec['max_prompt_length']}",
@@ -195,7 +195,7 @@ def run_preftune(spec: dict, out: Path, times: list) -> dict:
                  f"--speed.packing={spec['variant'] != 'cached-unpacked'}",
                  f"--speed.reference_cache_dir={out}/reference-cache"]
     cfg = load_config(None, overrides)
-    run_dir = train(cfg, on_step_end=lambda step, metrics: times.append(time.perf_counter()))
+    run_dir = run_training(cfg, on_step_end=lambda step, metrics: times.append(time.perf_counter()))
     losses = [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     result = {"losses": losses, "summary": json.loads((run_dir / "train_summary.json").read_text())["fast_paths"]}
     if spec["check_tokens"]:

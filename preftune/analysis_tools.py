@@ -46,14 +46,14 @@ TOOLS = (
                 "tests/test_probe.py::test_probe_command_on_a_tiny_model_separates_an_obvious_cue")),
     AnalysisTool(
         "taxonomy-tags", "dpo-survey", "preftune methods [--json]; taxonomy columns of preftune bench",
-        ("preftune/methods/registry.py", "preftune/bench.py"),
+        ("preftune/methods/registry.py", "preftune/bench/tables.py"),
         "every registered method carries the survey's four taxonomy axes; the bench table shows them as columns",
         "Liu et al. 2025, A Survey of DPO (arXiv 2503.11701), offline.md §18",
         checks=("tests/test_registry.py::test_taxonomy_has_the_four_axes",
                 "tests/test_bench.py::test_smoke_table_has_every_method_task_and_start_with_taxonomy_columns")),
     AnalysisTool(
         "bench", "insights-alignment", "preftune bench --config configs/bench/full.yaml",
-        ("preftune/bench.py",),
+        ("preftune/bench/",),
         "methods x built-in tasks x seeds, with and without an SFT stage: gold reward, win-rate vs SFT, KL, length, "
         "wall time as mean ± std (Markdown and JSON)",
         "Saeidi et al. 2025, Insights into Alignment (arXiv 2404.14723), offline.md §18",
@@ -86,7 +86,7 @@ TOOLS = (
                 "tests/test_diagnostics.py::test_hand_computed_four_token_distribution_with_k_2")),
     AnalysisTool(
         "kl-sweep", "daa-overopt-scaling", "preftune sweep --task T --values 0.03,0.1,0.3,1",
-        ("preftune/eval/sweep.py",),
+        ("preftune/eval/sweep.py", "preftune/bench/sweep.py"),
         "gold reward vs sqrt(KL) over a beta/steps sweep, fitted R(d) = d(alpha - beta log d) with its peak",
         "Rafailov et al. 2024, Scaling Laws for Over-optimisation in DAAs (arXiv 2406.02900), offline.md §13",
         checks=("tests/test_sweep.py::test_fit_recovers_known_parameters_from_noisy_points",

@@ -147,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     handler = {"train": cmd_train, "sft": cmd_train, "eval": cmd_eval, "generate": cmd_generate,
                "methods": cmd_methods, "verify": cmd_verify, "quickstart": cmd_quickstart,
                "online": cmd_online, **cli_measure.HANDLERS, **cli_rl.HANDLERS}[args.command]
+    import preftune.train  # noqa: F401  (registers the built-in models a training run makes: builtin:arithmetic-sft)
     from preftune.config import ConfigError
     from preftune.data.formats import DataError
 
@@ -162,13 +163,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def cmd_train(args, overrides: list[str]) -> int:
     from preftune.config import load_config
-    from preftune.train.loop import train
+    from preftune.train.runner import run_training
 
     base = {"loss": "sft", "reference": "none", "name": "sft"} if args.command == "sft" else None
     cfg = load_config(args.config, overrides, base=base)
     if args.command == "sft" and cfg.loss != "sft" and "sft" not in (cfg.loss if isinstance(cfg.loss, dict) else {}):
         raise ValueError("`preftune sft` trains the sft objective; use `preftune train` for other losses")
-    run_dir = train(cfg, resume=args.resume)
+    run_dir = run_training(cfg, resume=args.resume)
     from accelerate import PartialState
 
     if not PartialState().is_main_process:  # one report per distributed run

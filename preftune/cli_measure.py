@@ -1,7 +1,7 @@
 """The measurement commands of the `preftune` CLI: probe, sweep, bench, report.
 
 cli.py registers them with `add_parsers` and dispatches through `HANDLERS`; the work itself is
-in eval/probe.py, eval/sweep.py, bench.py and report/html.py.
+in eval/probe.py, bench/sweep.py (with eval/sweep.py), bench/ and report/html.py.
 """
 from __future__ import annotations
 
@@ -102,7 +102,8 @@ def cmd_probe(args, _) -> int:
 
 def cmd_sweep(args, _) -> int:
     from preftune.bench import load_bench_config
-    from preftune.eval.sweep import format_sweep, run_sweep
+    from preftune.bench.sweep import run_sweep
+    from preftune.eval.sweep import format_sweep
 
     config = args.config or (BENCH_CONFIG if BENCH_CONFIG.exists() else None)
     cfg = load_bench_config(config)

@@ -60,7 +60,9 @@ class DataConfig:
     eval_source: str | None = None       # held-out preference data for eval loss/accuracy
     eval_fraction: float = 0.0           # or hold out this fraction of `source`
     kind: str = "auto"                   # auto | pairwise | pointwise | sft | listwise
-    format: str = "auto"                 # auto | text | chat | hh (HH-RLHF dialogue strings -> chat messages)
+    format: str = "auto"                 # auto | text | chat | hh (HH-RLHF dialogue strings -> chat messages) |
+                                         # sharegpt (LLaMA-Factory's conversations of from/value turns)
+    columns: dict = field(default_factory=dict)  # the dataset's field names: {prompt: question, chosen: response_j}
     on_bad_row: str = "error"            # error | skip (skipped rows are counted in the summary)
     max_length: int = 512
     max_prompt_length: int = 256
@@ -124,7 +126,7 @@ class DiagnosticsConfig:
 
 @dataclass
 class SpeedConfig:
-    """Fast paths for log-probs and the reference (preftune/fastpath.py, preftune/reference_cache.py).
+    """Fast paths for log-probs and the reference (preftune/fastpath/, preftune/reference_cache.py).
 
     Each fast path gives the plain path's values; a model that cannot take one (probed once)
     silently uses the plain concatenated batch instead.

@@ -10,12 +10,13 @@ import copy
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
 
 BUILTIN_TINY = "builtin:tiny"
-# The tiny model after the quickstart's SFT stage, trained once and cached (see builtin_sft_path).
+# The tiny model after the quickstart's SFT stage, trained once and cached (train/builtin_models.py).
 BUILTIN_ARITHMETIC_SFT = "builtin:arithmetic-sft"
 SPECIAL_TOKENS = {"pad": "<|pad|>", "bos": "<|bos|>", "eos": "<|eos|>"}
 # A minimal chat template so chat-format data works with the tiny model as with real ones.
@@ -97,53 +98,33 @@ def resolve_dtype(name: str) -> torch.dtype:
     return dtypes[name]
 
 
-def builtin_sft_path() -> Path:
-    """Where `builtin:arithmetic-sft` is cached: $PREFTUNE_CACHE (default ~/.cache/preftune), in a
-    folder named by a fingerprint of the SFT settings, so a change of settings never reuses a
-    stale model."""
-    import hashlib
-    import json
-    import os
+# Named built-in models other than builtin:tiny ("builtin:arithmetic-sft", ...): each name maps to a
+# function that returns the model's directory, building it first if needed. Building one takes a
+# training run, which lives in a higher layer, so that layer registers its models here
+# (train/builtin_models.py, imported with the preftune.train package); this module never imports it.
+_BUILTIN_MODELS: dict[str, Callable[[], str]] = {}
 
-    from preftune import __version__
-    from preftune.config import to_dict
-    from preftune.pipeline import PipelineConfig
 
-    settings = json.dumps({"version": __version__, "sft": to_dict(PipelineConfig().sft)}, sort_keys=True)
-    fingerprint = hashlib.sha256(settings.encode()).hexdigest()[:12]
-    root = Path(os.environ.get("PREFTUNE_CACHE", Path.home() / ".cache" / "preftune"))
-    return root / f"arithmetic-sft-{fingerprint}" / "model"
+def register_builtin_model(name: str, provide: Callable[[], str]) -> None:
+    """Make `name` (e.g. "builtin:arithmetic-sft") loadable: `provide()` returns its directory."""
+    if not name.startswith("builtin:") or name == BUILTIN_TINY:
+        raise ValueError(f"a built-in model's name starts with 'builtin:' and is not {BUILTIN_TINY!r}, got {name!r}")
+    _BUILTIN_MODELS[name] = provide
+
+
+def builtin_model_names() -> list[str]:
+    return [BUILTIN_TINY, *sorted(_BUILTIN_MODELS)]
 
 
 def resolve_model_name(name_or_path: str) -> str:
-    """Map `builtin:arithmetic-sft` to its cached directory, training it first if needed (about a
-    minute on 2 cores: the quickstart's SFT stage); any other name is returned unchanged.
-
-    Concurrent processes wait on a file lock, and the model appears only once complete (built in a
-    scratch folder, then renamed), so they share one build.
-    """
-    if name_or_path != BUILTIN_ARITHMETIC_SFT:
+    """Map a registered built-in name (`builtin:arithmetic-sft`) to its directory, building the model
+    first if needed; `builtin:tiny`, paths and hub ids are returned unchanged."""
+    if not name_or_path.startswith("builtin:") or name_or_path == BUILTIN_TINY:
         return name_or_path
-    import fcntl
-    import shutil
-    import tempfile
-
-    path = builtin_sft_path()
-    if (path / "config.json").exists():
-        return str(path)
-    path.parent.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.parent.parent / f"{path.parent.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (path / "config.json").exists():
-            from preftune.pipeline import PipelineConfig, run_sft_stage
-
-            scratch = Path(tempfile.mkdtemp(prefix="building-", dir=path.parent.parent))
-            built = run_sft_stage(PipelineConfig(name="sft-build", output_dir=str(scratch / "{name}")))
-            shutil.rmtree(path.parent, ignore_errors=True)
-            path.parent.mkdir(parents=True)
-            Path(built).rename(path)
-            shutil.rmtree(scratch, ignore_errors=True)
-    return str(path)
+    if name_or_path not in _BUILTIN_MODELS:
+        raise ValueError(f"unknown built-in model {name_or_path!r}; registered: {', '.join(builtin_model_names())} "
+                         f"(builtin:arithmetic-sft is registered by importing preftune.train, as the CLI does)")
+    return str(_BUILTIN_MODELS[name_or_path]())
 
 
 def load_tokenizer(name_or_path: str):

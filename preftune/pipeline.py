@@ -17,16 +17,7 @@ from preftune.config import (DataConfig, RunConfig, TaskDataConfig, TrainConfig,
                              read_recipe, to_dict, with_overrides)
 from preftune.models import BUILTIN_TINY, load_causal_lm, load_tokenizer, save_tiny_model
 from preftune.tasks import get_task
-
-SHORT_SEQUENCES = dict(max_length=32, max_prompt_length=16)
-
-
-def _default_sft() -> RunConfig:
-    return RunConfig(
-        name="sft", loss="sft", reference="none",
-        data=DataConfig(source="task:arithmetic", task=TaskDataConfig(demonstrations=38400, noise=0.1),
-                        **SHORT_SEQUENCES),
-        train=TrainConfig(steps=600, batch_size=64, lr=1e-3, warmup_ratio=0.1, schedule="cosine"))
+from preftune.train.builtin_models import SHORT_SEQUENCES, arithmetic_sft_recipe
 
 
 def _default_preference() -> RunConfig:
@@ -54,7 +45,7 @@ class PipelineConfig:
     task_options: dict = field(default_factory=dict)
     base_model: str = BUILTIN_TINY      # builtin:tiny is built and saved with save_pretrained first
     skip_sft: bool = False              # start preference training from base_model directly
-    sft: RunConfig = field(default_factory=_default_sft)
+    sft: RunConfig = field(default_factory=arithmetic_sft_recipe)
     preference: RunConfig = field(default_factory=_default_preference)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
@@ -85,7 +76,7 @@ def stage_config(stage: RunConfig, cfg: PipelineConfig, model: str, name: str) -
 
 def run_sft_stage(cfg: PipelineConfig, progress: bool = True, log=print, timings: dict | None = None) -> str:
     """Stages 1-2: build the base model (when built-in) and supervised fine-tuning; returns the SFT model path."""
-    from preftune.train.loop import train
+    from preftune.train.runner import run_training
 
     started = time.perf_counter()
     timings = {} if timings is None else timings
@@ -101,7 +92,7 @@ def run_sft_stage(cfg: PipelineConfig, progress: bool = True, log=print, timings
     log("[2/4] supervised fine-tuning on task demonstrations")
     sft_cfg = stage_config(cfg.sft, cfg, base, "sft")
     sft_cfg.train.progress = progress
-    sft_model = str(train(sft_cfg) / "model")
+    sft_model = str(run_training(sft_cfg) / "model")
     timings["sft"] = time.perf_counter() - started - timings["base"]
     return sft_model
 
@@ -110,7 +101,8 @@ def run_pipeline(cfg: PipelineConfig, progress: bool = True, log=print) -> dict:
     """Run every stage and return the summary (also written to RUN_DIR/summary.json)."""
     from preftune.eval.task_eval import evaluate_on_task
     from preftune.report.plots import plot_comparison, plot_training
-    from preftune.train.loop import train
+    from preftune.train.metrics import read_metrics
+    from preftune.train.runner import run_training
 
     started = time.perf_counter()
     run_dir = cfg.run_dir
@@ -124,7 +116,7 @@ def run_pipeline(cfg: PipelineConfig, progress: bool = True, log=print) -> dict:
         f"labelled by the gold oracle")
     pref_cfg = stage_config(cfg.preference, cfg, sft_model, "preference")
     pref_cfg.train.progress = progress
-    pref_dir = train(pref_cfg)
+    pref_dir = run_training(pref_cfg)
     timings["preference"] = time.perf_counter() - started - sum(timings.values())
 
     log("[4/4] evaluating on held-out prompts")
@@ -149,7 +141,7 @@ def run_pipeline(cfg: PipelineConfig, progress: bool = True, log=print) -> dict:
         "models": {"sft": sft_model, "preference": str(pref_dir / "model")},
     }
     plots = run_dir / "plots"
-    summary["plots"] = [str(plot_training(pref_dir, plots / "preference_training.png")),
+    summary["plots"] = [str(plot_training(read_metrics(pref_dir), plots / "preference_training.png")),
                         str(plot_comparison(before, after, plots / "before_after.png",
                                             ("SFT", f"SFT + {train_summary['objective']}")))]
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))

@@ -133,3 +133,13 @@ def pairwise_metrics(chosen_reward: Tensor, rejected_reward: Tensor) -> dict[str
     """The metrics every pairwise method logs (offline.md §0, requirement 3)."""
     margin = (chosen_reward - rejected_reward).detach()
     return {"margin": margin, "accuracy": (margin > 0).float()}
+
+
+# What the responses of a row are called in metric names (logps/chosen, rewards/rejected, ...).
+RESPONSE_NAMES = {"pairwise": ["chosen", "rejected"], "pointwise": ["completion", "mismatched"],
+                  "sft": ["target"]}
+
+
+def response_names(kind: str, k: int) -> list[str]:
+    """The names of the k responses of a row of data kind `kind` (response_<i> when it has none)."""
+    return RESPONSE_NAMES.get(kind, [])[:k] or [f"response_{i}" for i in range(k)]

@@ -96,6 +96,7 @@ def _isolated_cache():
 def tiny_sft_model(_isolated_cache) -> str:
     """builtin:arithmetic-sft, trained once into the test cache (the quickstart's SFT stage, ~40 s
     on 2 cores) and reused: a tiny model that answers about 80% of held-out sums greedily."""
+    import preftune.train  # noqa: F401  (registers builtin:arithmetic-sft)
     from preftune.models import BUILTIN_ARITHMETIC_SFT, resolve_model_name
 
     return resolve_model_name(BUILTIN_ARITHMETIC_SFT)

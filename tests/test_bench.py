@@ -180,7 +180,8 @@ def test_bench_config_errors_name_the_problem():
 
 @pytest.mark.slow
 def test_sweep_on_the_benchs_shared_assets_fits_and_plots(smoke_bench):
-    from preftune.eval.sweep import format_sweep, run_sweep
+    from preftune.bench.sweep import run_sweep
+    from preftune.eval.sweep import format_sweep
 
     cfg, _ = smoke_bench
     cfg.preference.lr = 3e-3  # a few steps must move the policy measurably

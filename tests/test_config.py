@@ -64,7 +64,7 @@ def test_every_yaml_recipe_in_configs_is_valid():
     for path in sorted(CONFIGS.rglob("*.yaml")):
         if path.name == "quickstart.yaml":
             load_pipeline_config(path)
-        elif path.parent.name == "bench":  # `preftune bench` configs (preftune/bench.py)
+        elif path.parent.name == "bench":  # `preftune bench` configs (preftune/bench/)
             from preftune.bench import load_bench_config
 
             load_bench_config(path)

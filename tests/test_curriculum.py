@@ -16,7 +16,7 @@ import torch
 from preftune.config import load_config
 from preftune.data.ranked import pairs_from_ranked_rows
 from preftune.tasks import get_task
-from preftune.train.loop import train
+from preftune.train.runner import run_training
 
 pytestmark = pytest.mark.slow
 OFFSETS = (0, 1, 5, 20)  # right answer, then off by 1, 5, 20: partial credit 1, 1/2, 1/6, 1/21
@@ -58,7 +58,7 @@ def test_iterative_stages_start_at_policy_equal_reference_and_chain(tiny_sft_mod
     rows = ranked_rows(16)
     cfg = config(tmp_path, tiny_sft_model, "iterative", "--loss.curry_dpo.beta=0.5", "--train.steps=3",
                  "--curriculum.pairs=chosen_fixed", "--curriculum.schedule=iterative")
-    run_dir = train(cfg, data_source=rows)
+    run_dir = run_training(cfg, data_source=rows)
     record = json.loads((run_dir / "curriculum.json").read_text())
     stage_dirs = [run_dir / "stages" / "stage-1", run_dir / "stages" / "stage-2", run_dir]
     assert [Path(s["run_dir"]) for s in record["stages"]] == stage_dirs
@@ -84,9 +84,9 @@ def test_iterative_stages_start_at_policy_equal_reference_and_chain(tiny_sft_mod
 @pytest.mark.method("curry_dpo", "reduction")
 def test_one_stage_with_one_pair_per_prompt_reproduces_plain_dpo_bit_for_bit(tiny_sft_model, tmp_path):
     rows = ranked_rows(24, k=2)  # one pair per prompt, so one stage
-    curriculum = train(config(tmp_path, tiny_sft_model, "curriculum", "--loss.curry_dpo.beta=0.5", "--train.steps=3",
+    curriculum = run_training(config(tmp_path, tiny_sft_model, "curriculum", "--loss.curry_dpo.beta=0.5", "--train.steps=3",
                               "--curriculum.pairs=chosen_fixed"), data_source=rows)
-    plain = train(config(tmp_path, tiny_sft_model, "plain", "--loss.dpo.beta=0.5", "--train.steps=3"),
+    plain = run_training(config(tmp_path, tiny_sft_model, "plain", "--loss.dpo.beta=0.5", "--train.steps=3"),
                   data_source=pairs_from_ranked_rows(rows))
     assert not (curriculum / "stages").exists()
     a, b = weights(curriculum), weights(plain)
@@ -115,7 +115,7 @@ def test_sorted_run_by_reference_margin_trains_easy_to_hard_without_shuffle(tiny
     from preftune.models import load_causal_lm, load_tokenizer
 
     rows = ranked_rows(8)
-    run_dir = train(config(tmp_path, tiny_sft_model, "sorted", "--loss.curry_dpo.beta=0.5", "--train.steps=3",
+    run_dir = run_training(config(tmp_path, tiny_sft_model, "sorted", "--loss.curry_dpo.beta=0.5", "--train.steps=3",
                            "--curriculum.pairs=chosen_fixed", "--curriculum.schedule=sorted",
                            "--curriculum.order=ref_implicit_margin"), data_source=rows)
     assert load_config(run_dir / "config.yaml").train.shuffle is False
@@ -146,7 +146,7 @@ def test_sorted_run_by_reference_margin_trains_easy_to_hard_without_shuffle(tiny
 
 def test_curriculum_settings_are_checked(tmp_path):
     with pytest.raises(ValueError, match="curriculum.pairs"):
-        train(config(tmp_path, "builtin:tiny", "bad", "--curriculum.pairs=best_worst"), data_source=ranked_rows(4))
+        run_training(config(tmp_path, "builtin:tiny", "bad", "--curriculum.pairs=best_worst"), data_source=ranked_rows(4))
     with pytest.raises(ValueError, match="curriculum.schedule"):
-        train(config(tmp_path, "builtin:tiny", "bad", "--curriculum.pairs=all_pairs", "--curriculum.schedule=cyclic"),
+        run_training(config(tmp_path, "builtin:tiny", "bad", "--curriculum.pairs=all_pairs", "--curriculum.schedule=cyclic"),
               data_source=ranked_rows(4))

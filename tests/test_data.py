@@ -12,7 +12,11 @@ from preftune.data import DataError, Tokenization, collate, load_examples
 from preftune.data.formats import hh_to_messages, messages_to_hh, split_common_prefix
 from preftune.models import build_tiny_tokenizer
 
-HH = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf-harmless-base-test-part1.jsonl.gz"
+# The shared data sits beside the project checkout (or beside its worktrees' folder).
+HH = next((root / "shared" / "data" / "hh-rlhf-harmless-base-test-part1.jsonl.gz"
+           for root in Path(__file__).resolve().parents[2:4]
+           if (root / "shared" / "data" / "hh-rlhf-harmless-base-test-part1.jsonl.gz").exists()),
+          Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf-harmless-base-test-part1.jsonl.gz")
 # Lines of the sample whose chosen reply is empty ("...\n\nAssistant: " and nothing after it).
 HH_EMPTY_CHOSEN_LINES = [87, 517, 926, 1104]
 
@@ -226,6 +230,34 @@ def test_pointwise_batch_carries_labels_and_a_mismatched_completion(tokenizer):
     texts = [tokenizer.decode(row[mask]) for row, mask in zip(batch.input_ids, batch.response_mask)]
     # Example i's second row is example i+1's completion under example i's prompt (KTO's KL estimate).
     assert texts == ["2<|eos|>", "5<|eos|>", "5<|eos|>", "6<|eos|>", "6<|eos|>", "2<|eos|>"]
+
+
+def test_kto_mismatched_completion_comes_from_another_prompt_in_an_ordered_batch(tokenizer):
+    # Pairs split into unpaired rows sit side by side (prompt 0 desirable, prompt 0 undesirable, ...).
+    # In a batch taken in data order (evaluation; training with shuffle: false) the KL reference
+    # point must still see completions of OTHER prompts (KTO paper section 4.1, TRL).
+    from preftune.data import pairs_to_unpaired
+
+    examples, _ = load_examples(GOOD[:3])
+    tokenized = Tokenization(tokenizer, 32, 16).many(pairs_to_unpaired(examples))
+    batch = collate(tokenized, tokenizer.pad_token_id)
+    completions = [tokenizer.decode(row[mask]) for row, mask in zip(batch.input_ids, batch.response_mask)]
+    owner = {f"{text} {i}<|eos|>": i for i in range(3) for text in ("good", "bad")}
+    for example in range(batch.num_examples):
+        prompt = example // 2
+        assert owner[completions[2 * example]] == prompt
+        assert owner[completions[2 * example + 1]] != prompt, (example, completions[2 * example + 1])
+
+
+def test_kto_batch_of_one_prompt_has_an_empty_mismatched_completion(tokenizer):
+    # No other prompt in the batch: no KL estimate is possible, so the mismatched completion is empty
+    # (log-ratio 0, z0 = 0) rather than the same prompt's other reply.
+    from preftune.data import pairs_to_unpaired
+
+    examples, _ = load_examples(GOOD[:1])
+    batch = collate(Tokenization(tokenizer, 32, 16).many(pairs_to_unpaired(examples)), tokenizer.pad_token_id)
+    assert batch.num_responses == 2
+    assert batch.response_mask[1::2].sum() == 0 and batch.response_mask[0::2].sum() > 0
 
 
 def test_pairs_convert_to_unpaired_rows_for_pointwise_objectives():

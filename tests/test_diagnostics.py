@@ -178,7 +178,7 @@ def test_training_loop_logs_diagnostics_at_step_zero_every_n_steps_and_at_the_en
 
     from preftune.config import load_config
     from preftune.models import save_tiny_model
-    from preftune.train.loop import train
+    from preftune.train.runner import run_training
 
     base = save_tiny_model(tmp_path / "base")
     rows = [{"prompt": f"{a}+{b}=", "chosen": str(a + b), "rejected": str(a + b + 1)} for a in range(8) for b in range(8)]
@@ -186,7 +186,7 @@ def test_training_loop_logs_diagnostics_at_step_zero_every_n_steps_and_at_the_en
                              "--data.source=task:arithmetic", "--data.eval_fraction=0.25", "--train.steps=5",
                              "--train.batch_size=8", "--train.lr=1e-3", "--train.progress=false", "--diagnostics.every=2",
                              "--diagnostics.prompts=4", "--diagnostics.max_new_tokens=4"])
-    run_dir = train(cfg, data_source=rows)
+    run_dir = run_training(cfg, data_source=rows)
     logged = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     steps = [m["step"] for m in logged if "diag/top10_entropy" in m]
     assert steps == [0, 2, 4, 5]

@@ -159,15 +159,15 @@ def test_training_checkpoints_resumes_and_never_moves_the_shift_on_held_out_batc
     evaluations in between (run after each checkpoint) did not add their rewards.
     """
     from preftune.config import load_config
-    from preftune.train.loop import train
+    from preftune.train.runner import run_training
 
     recipe = Path(__file__).resolve().parents[1] / "configs" / "methods" / "bco_pair.yaml"
     overrides = [f"--output_dir={tmp_path}/{{name}}", f"--model.name_or_path={tiny_sft_model}",
                  "--train.batch_size=4", "--train.progress=false", "--data.task.prompts=96",
                  "--data.eval_fraction=0.25", "--train.eval_every=1", "--train.checkpoint_every=1",
                  "--train.keep_checkpoints=5"]
-    run_dir = train(load_config(recipe, overrides + ["--train.steps=2"]))
-    train(load_config(recipe, overrides + ["--train.steps=3"]), resume=True)
+    run_dir = run_training(load_config(recipe, overrides + ["--train.steps=2"]))
+    run_training(load_config(recipe, overrides + ["--train.steps=3"]), resume=True)
 
     def saved_state(step):
         files = sorted((run_dir / "checkpoints" / f"step-{step:07d}").glob("custom_checkpoint_*.pkl"))

@@ -298,11 +298,11 @@ def test_brain_takes_the_proposal_as_a_record_of_an_auxiliary_model():
 @pytest.mark.parametrize("beta", [1.0, 0.3])
 def test_brain_gradient_is_minus_alpha_minus_b(beta):
     # offline.md §16 Test 1: autograd of the surrogate == -sum_i (alpha_i - b_i) grad log pi(y_i), times beta
-    # for the [recon] temperature (b = softmax(beta (lp - lq))).
+    # for the [recon] temperature (b = softmax(beta (lp - lpr) + lpr - lq), which is softmax(lp - lq) at beta 1).
     policy, reference, scores, proposal = brain_inputs(requires_grad=True)
     get("brain").fn(policy, reference, scores=scores, proposal_logps=proposal, beta_post=0.5,
                     beta=beta).loss.sum().backward()
-    b = softmax([beta * (lp - lq) for lp, lq in zip(LP, LQ)])
+    b = softmax([beta * (lp - lpr) + lpr - lq for lp, lpr, lq in zip(LP, LPR, LQ)])
     assert policy.sum.grad[0].tolist() == pytest.approx([-beta * (a - bi) for a, bi in zip(ALPHA, b)], abs=1e-12)
 
 
@@ -325,6 +325,22 @@ def test_brain_gradient_vanishes_exactly_at_the_posterior():
         get("brain").fn(policy, record(ref.tolist()), scores=r, proposal_logps=uniform, beta_post=0.5).loss.sum().backward()
         optimizer.step()
     torch.testing.assert_close(torch.softmax(logits.detach(), -1), posterior.exp(), rtol=0, atol=1e-8)
+
+
+@pytest.mark.method("brain", "gradient")
+@pytest.mark.parametrize("beta", [1.0, 0.5])
+def test_brain_optimum_does_not_depend_on_the_proposal_at_any_beta(beta):
+    # All arms enumerated, a non-uniform proposal q': the gradient vanishes at
+    # pi = pi_ref exp(r / (beta beta_post)) / Z whatever q' is (the importance weights cancel q'), which is
+    # the posterior p_SFT exp(r / beta_post) / Z at beta = 1.
+    ref = torch.tensor([0.4, 0.3, 0.2, 0.1], dtype=F64).log()
+    r = torch.tensor([[1.0, 0.4, -0.3, -1.1]], dtype=F64)
+    optimum = torch.log_softmax(ref + r[0] / (beta * 0.5), -1)
+    for q in ([0.25, 0.25, 0.25, 0.25], [0.1, 0.2, 0.3, 0.4], [0.7, 0.1, 0.1, 0.1]):
+        at = record(optimum.tolist(), None, requires_grad=True)
+        get("brain").fn(at, record(ref.tolist()), scores=r, proposal_logps=torch.tensor([q], dtype=F64).log(),
+                        beta_post=0.5, beta=beta).loss.sum().backward()
+        assert at.sum.grad.abs().max().item() < 1e-14, q
 
 
 @pytest.mark.method("brain", "reduction")

@@ -568,7 +568,7 @@ def test_beta_dpo_stop_and_resume_gives_the_same_run_as_an_uninterrupted_one(tin
 
     from preftune.config import load_config
     from preftune.tasks import get_task
-    from preftune.train.loop import train
+    from preftune.train.runner import run_training
 
     task, rng = get_task("arithmetic"), random.Random(0)
     pairs = tmp_path / "pairs.jsonl"
@@ -586,11 +586,11 @@ def test_beta_dpo_stop_and_resume_gives_the_same_run_as_an_uninterrupted_one(tin
         if step == 3:
             raise KeyboardInterrupt
 
-    straight = train(config("straight"))
+    straight = run_training(config("straight"))
     resumed_cfg = config("resumed")
     with pytest.raises(KeyboardInterrupt):
-        train(resumed_cfg, on_step_end=stop_at_step_three)
-    resumed = train(resumed_cfg, resume=True)
+        run_training(resumed_cfg, on_step_end=stop_at_step_three)
+    resumed = run_training(resumed_cfg, resume=True)
 
     def metrics(run_dir):
         return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -687,11 +687,23 @@ def test_tpo_gold_nll_equals_hugging_face_cross_entropy_on_gold_labels():
 
 
 @pytest.mark.method("tpo", "value")
-@pytest.mark.parametrize("loss_type, expected", [("hinge", max(0.0, 1 - 1.0)), ("ipo", (2.0 - 1.0) ** 2)])
+@pytest.mark.parametrize("loss_type, expected", [("hinge", max(0.0, 1 - 1.0)), ("ipo", (-0.25 - 1.0) ** 2)])
 def test_tpo_variants(loss_type, expected):
-    # hinge: max(0, 1 - z), z = 0.5 * 2 = 1; ipo: (gap - 1/(2 beta))^2 = (2 - 1)^2 (gold term off).
+    # hinge: max(0, 1 - z), z = 0.5 * 2 = 1; ipo on length-averaged log-probs:
+    # (avg gap - 1/(2 beta))^2 = (-3/2 + 5/4 - 1)^2 (gold term off).
     out = call("tpo", triples([-2.4], [3.0]), beta=0.5, alpha=0.0, loss_type=loss_type)
     assert out.loss.item() == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.method("tpo", "value")
+@pytest.mark.parametrize("length_normalize", [False, True])
+def test_tpo_ipo_uses_length_averaged_log_probs(length_normalize):
+    # The official trainer averages the log-probs for loss_type ipo (and tpo-l): chosen -6 over 3
+    # tokens, rejected -20 over 10, beta 0.01, alpha 0: (-2 - (-2) - 1/0.02)^2 = 2500, not (14 - 50)^2.
+    policy = Logps(sum=torch.tensor([[-6.0, -20.0, -1.0]], dtype=F64), length=torch.tensor([[3.0, 10.0, 1.0]], dtype=F64))
+    out = call("tpo", policy, beta=0.01, alpha=0.0, loss_type="ipo", length_normalize=length_normalize)
+    assert out.loss.item() == pytest.approx(2500.0, abs=1e-9)
+    assert out.rewards[0, :2].tolist() == pytest.approx([0.01 * -2.0, 0.01 * -2.0], abs=1e-12)
 
 
 def test_tpo_without_a_gold_response_is_a_clear_error():

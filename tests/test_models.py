@@ -25,7 +25,7 @@ def test_another_architecture_saved_locally_loads_and_trains_by_path(tmp_path):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from preftune.config import load_config
-    from preftune.train.loop import train
+    from preftune.train.runner import run_training
 
     tokenizer = build_tiny_tokenizer()
     config = GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=2, n_positions=64,
@@ -35,7 +35,7 @@ def test_another_architecture_saved_locally_loads_and_trains_by_path(tmp_path):
     rows = [{"prompt": f"{a}+1=", "chosen": str(a + 1), "rejected": str(a + 2)} for a in range(8)]
     cfg = load_config(None, [f"--output_dir={tmp_path}/{{name}}", f"--model.name_or_path={tmp_path / 'gpt2'}",
                              "--train.steps=2", "--train.batch_size=4", "--train.lr=1e-3", "--train.progress=false"])
-    run_dir = train(cfg, data_source=rows)
+    run_dir = run_training(cfg, data_source=rows)
     assert type(load_causal_lm(str(run_dir / "model"))).__name__ == "GPT2LMHeadModel"
 
 

@@ -329,6 +329,32 @@ def test_cofs_combines_the_fast_adapters_of_two_domains(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.method("ofs_dpo", "gradient")
+def test_ofs_dpo_trains_both_adapters_the_slow_one_at_its_own_rate(tmp_path):
+    """Both LoRA adapters move during an iteration, the slow one at slow_lr_ratio x the fast one's rate.
+
+    Adam moves a weight whose gradient keeps its sign by about lr per step, so over a few steps the largest
+    change of each adapter's B matrices is about steps x its learning rate: their ratio is the lr ratio."""
+    from preftune.train.online import run_online
+
+    recipe = Path(__file__).resolve().parents[1] / "configs" / "online" / "ofs_dpo.yaml"
+    cfg = load_online_config(recipe, tiny_overrides(tmp_path, 1) + ["--train.steps=3",
+                                                                     "--schedule.fast_slow.slow_lr_ratio=0.25"])
+    run_dir = run_online(cfg)
+    state = torch.load(run_dir / "checkpoints" / "iter-001" / "state.pt", weights_only=False)
+    initial, trained = state["snapshots"]["initial"], state["weights"]
+    fast, slow = (torch.cat([(trained[k] - initial[k]).abs().flatten() for k in initial
+                             if f".{adapter}." in k and "lora_B" in k]) for adapter in ("a", "b"))
+    assert float(fast.max()) == pytest.approx(3 * cfg.train.lr, rel=0.05)
+    assert float(slow.max()) == pytest.approx(0.25 * float(fast.max()), rel=0.02)
+    assert 0.15 < float(slow.mean()) / float(fast.mean()) < 0.35
+    # The slow adapter learns: its DPO loss leaves log 2, and the chasing term is no longer plain DPO's loss.
+    logged = read_jsonl(run_dir / "iterations" / "iter-000" / "metrics.jsonl")
+    assert logged[-1]["slow_dpo_loss"] < math.log(2) - 1e-3
+    assert logged[-1]["chase_loss"] > logged[-1]["dpo_loss"] + 1e-3
+
+
+@pytest.mark.slow
 def test_the_loop_takes_a_local_reward_model_as_its_judge(tmp_path):
     """judge.kind: reward_model, an AutoModelForSequenceClassification saved with save_pretrained."""
     from transformers import LlamaConfig, LlamaForSequenceClassification

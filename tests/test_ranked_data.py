@@ -156,7 +156,7 @@ def test_listwise_rows_of_different_sizes_train_in_batches_of_one_size(tmp_path)
 
     from preftune.config import load_config
     from preftune.models import save_tiny_model
-    from preftune.train.loop import train
+    from preftune.train.runner import run_training
 
     model = save_tiny_model(tmp_path / "tiny")
     rows = [{"prompt": f"{a}+1=", "responses": [str(a + 1 + d) for d in range(k)], "scores": list(range(k, 0, -1))}
@@ -164,7 +164,7 @@ def test_listwise_rows_of_different_sizes_train_in_batches_of_one_size(tmp_path)
     cfg = load_config(None, [f"--output_dir={tmp_path}/{{name}}", f"--model.name_or_path={model}", "--loss=adpo_listwise",
                              "--data.max_length=32", "--data.max_prompt_length=16", "--train.batch_size=4",
                              "--train.steps=6", "--train.progress=false", "--data.eval_fraction=0.25"])
-    run_dir = train(cfg, data_source=rows)
+    run_dir = run_training(cfg, data_source=rows)
     logged = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     sizes = [3 + ("rewards/response_3" in m) for m in logged if "loss" in m]
     assert len(sizes) == 6 and set(sizes) == {3, 4}  # both sizes trained, each step one of them

@@ -28,7 +28,7 @@ def test_recipe_parses_and_builds_its_objective(recipe):
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe", RECIPES, ids=[p.stem for p in RECIPES])
 def test_recipe_trains_a_few_steps(recipe, tiny_sft_model, tmp_path):
-    from preftune.train.loop import train
+    from preftune.train.runner import run_training
 
     overrides = [f"--output_dir={tmp_path}/{{name}}", f"--model.name_or_path={tiny_sft_model}",
                  "--train.steps=2", "--train.batch_size=4", "--train.progress=false",
@@ -37,7 +37,7 @@ def test_recipe_trains_a_few_steps(recipe, tiny_sft_model, tmp_path):
     aux = {name: tiny_sft_model for name in cfg.aux_models}  # auxiliary models: the same stand-in
     if aux:
         cfg.aux_models = aux
-    run_dir = train(cfg)
+    run_dir = run_training(cfg)
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [1, 2]
     assert all(math.isfinite(m["loss"]) and math.isfinite(m["grad_norm"]) for m in metrics)

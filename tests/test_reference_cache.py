@@ -17,7 +17,7 @@ from preftune.fastpath import batch_logps
 from preftune.models import Reference, build_tiny_model, build_tiny_tokenizer, make_reference, save_tiny_model
 from preftune.reference_cache import (ReferenceLogpsCache, cache_applies, cache_key, compute_reference_logps,
                                       concat, data_fingerprint, weights_fingerprint)
-from preftune.train.loop import train
+from preftune.train.runner import run_training
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = [{"prompt": f"{a}+{b}=", "chosen": str(a + b), "rejected": str(a + b + 1 + a % 3)}
@@ -34,7 +34,7 @@ def run(tmp_path: Path, name: str, *overrides: str, rows=ROWS) -> tuple[list[dic
                              "--data.max_prompt_length=12", "--loss.dpo.beta=0.5", "--train.lr=3e-3",
                              "--train.batch_size=8", "--train.steps=3", "--data.eval_fraction=0.25",
                              "--train.progress=false", *overrides])
-    run_dir = train(cfg, data_source=rows)
+    run_dir = run_training(cfg, data_source=rows)
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return metrics, json.loads((run_dir / "train_summary.json").read_text())
 

@@ -44,7 +44,7 @@ def training_run(tmp_path_factory):
     """A few DPO steps of the tiny model on arithmetic pairs, with diagnostics every 2 steps."""
     from preftune.config import load_config
     from preftune.models import save_tiny_model
-    from preftune.train.loop import train
+    from preftune.train.runner import run_training
 
     tmp = tmp_path_factory.mktemp("report")
     base = save_tiny_model(tmp / "base")
@@ -53,7 +53,7 @@ def training_run(tmp_path_factory):
                              "--loss.dpo.beta=0.5", "--data.source=task:arithmetic", "--data.eval_fraction=0.2",
                              "--train.steps=4", "--train.batch_size=8", "--train.lr=1e-3", "--train.progress=false",
                              "--diagnostics.every=2", "--diagnostics.prompts=4", "--diagnostics.max_new_tokens=4"])
-    return train(cfg, data_source=rows)
+    return run_training(cfg, data_source=rows)
 
 
 @pytest.mark.slow
@@ -138,3 +138,16 @@ def test_online_report_shows_the_duality_gap_per_iteration(online_run, tmp_path)
     assert "duality gap" in dom
     for row in rows:  # every iteration's gap is a cell of the table
         assert f"{row['duality_gap']:.4g}" in dom
+
+
+def test_training_report_shows_skipped_rows_and_truncation(tmp_path):
+    load = {"rows": 1500, "kept": 1496, "skipped": {"empty text": 4}, "first_errors": [],
+            "unused_columns": {"id": 1500}}
+    summary = {"objective": "dpo", "steps": 3, "data": {"kind": "pairwise", "train_examples": 1496, "eval_examples": 0,
+                                                        "load": load, "truncation": {"prompts_truncated": 7,
+                                                                                     "responses_truncated": 2,
+                                                                                     "examples_dropped": 0}}}
+    (tmp_path / "train_summary.json").write_text(json.dumps(summary))
+    text = build_report(tmp_path).read_text()
+    assert "rows skipped" in text and "empty text 4" in text and "7 prompts, 2 responses" in text
+    assert "columns not used" in text and ">id<" in text

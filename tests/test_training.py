@@ -15,7 +15,7 @@ import torch
 from preftune.config import load_config
 from preftune.tasks import get_task
 from preftune.train.checkpoint import list_checkpoints, resolve_resume
-from preftune.train.loop import train
+from preftune.train.runner import run_training
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -62,7 +62,7 @@ def test_dpo_loss_falls_and_gold_accuracy_rises_on_the_tiny_task(tiny_sft_model,
     # then rises above the SFT model's (+0.07 by step 300 when this was written).
     cfg = config(tmp_path, tiny_sft_model, "task:arithmetic", "--name=dpo", "--train.steps=300",
                  "--train.batch_size=32", "--train.lr=1e-4", "--loss.dpo.beta=1.0", "--data.task.max_new_tokens=8")
-    run_dir = train(cfg)
+    run_dir = run_training(cfg)
     losses = [m["loss"] for m in metrics(run_dir)]
     assert sum(losses[-20:]) / 20 < sum(losses[:20]) / 20 - 0.05
 
@@ -77,7 +77,7 @@ def test_dpo_loss_falls_and_gold_accuracy_rises_on_the_tiny_task(tiny_sft_model,
 
 
 def test_stop_and_resume_gives_the_same_parameters_as_an_uninterrupted_run(tiny_sft_model, pairs_file, tmp_path):
-    straight = train(config(tmp_path, tiny_sft_model, pairs_file, "--name=straight", "--train.steps=6"))
+    straight = run_training(config(tmp_path, tiny_sft_model, pairs_file, "--name=straight", "--train.steps=6"))
 
     def stop_at_step_three(step, _):
         if step == 3:
@@ -85,10 +85,10 @@ def test_stop_and_resume_gives_the_same_parameters_as_an_uninterrupted_run(tiny_
 
     cfg = config(tmp_path, tiny_sft_model, pairs_file, "--name=resumed", "--train.steps=6")
     with pytest.raises(KeyboardInterrupt):
-        train(cfg, on_step_end=stop_at_step_three)
+        run_training(cfg, on_step_end=stop_at_step_three)
     assert [p.name for p in list_checkpoints(cfg.run_dir)] == ["step-0000003"]
     assert not (cfg.run_dir / "model").exists()
-    train(cfg, resume=True)
+    run_training(cfg, resume=True)
 
     assert max_difference(weights(straight), weights(cfg.run_dir)) == 0.0
     assert [m["step"] for m in metrics(cfg.run_dir)] == [1, 2, 3, 4, 5, 6]
@@ -98,19 +98,19 @@ def test_stop_and_resume_gives_the_same_parameters_as_an_uninterrupted_run(tiny_
 def test_periodic_checkpoints_are_kept_and_resume_from_a_named_one(tiny_sft_model, pairs_file, tmp_path):
     cfg = config(tmp_path, tiny_sft_model, pairs_file, "--name=ckpt", "--train.steps=6",
                  "--train.checkpoint_every=2", "--train.keep_checkpoints=2")
-    train(cfg)
+    run_training(cfg)
     kept = list_checkpoints(cfg.run_dir)
     assert [p.name for p in kept] == ["step-0000004", "step-0000006"]
     (cfg.run_dir / "checkpoints" / "step-0000008.tmp").mkdir()  # a save that never completed
     assert resolve_resume(cfg.run_dir, True).name == "step-0000006"
     final = weights(cfg.run_dir)
-    train(cfg, resume=str(kept[0]))  # redo steps 5-6 from the step-4 checkpoint
+    run_training(cfg, resume=str(kept[0]))  # redo steps 5-6 from the step-4 checkpoint
     assert max_difference(final, weights(cfg.run_dir)) == 0.0
 
 
 def test_gradient_accumulation_matches_a_larger_batch(tiny_sft_model, pairs_file, tmp_path):
-    large = train(config(tmp_path, tiny_sft_model, pairs_file, "--name=large", "--train.steps=3"))
-    accumulated = train(config(tmp_path, tiny_sft_model, pairs_file, "--name=accum", "--train.steps=3",
+    large = run_training(config(tmp_path, tiny_sft_model, pairs_file, "--name=large", "--train.steps=3"))
+    accumulated = run_training(config(tmp_path, tiny_sft_model, pairs_file, "--name=accum", "--train.steps=3",
                                "--train.batch_size=2", "--train.grad_accum=4"))
     # Same gradients up to summation order; Adam amplifies that rounding in near-zero coordinates.
     for a, b in zip(metrics(large), metrics(accumulated)):
@@ -145,7 +145,7 @@ def test_lora_uses_the_policy_with_adapters_disabled_as_reference(tiny_sft_model
 
     cfg = config(tmp_path, tiny_sft_model, pairs_file, "--name=lora", "--train.steps=3", "--model.lora.enabled=true",
                  "--model.lora.r=4")
-    run_dir = train(cfg)
+    run_dir = run_training(cfg)
     summary = json.loads((run_dir / "train_summary.json").read_text())
     assert summary["reference"] == "lora-disabled"
     first = metrics(run_dir)[0]
@@ -161,13 +161,13 @@ def test_lora_uses_the_policy_with_adapters_disabled_as_reference(tiny_sft_model
 
 
 def test_bf16_precision_trains(tiny_sft_model, pairs_file, tmp_path):
-    run_dir = train(config(tmp_path, tiny_sft_model, pairs_file, "--name=bf16", "--train.steps=2",
+    run_dir = run_training(config(tmp_path, tiny_sft_model, pairs_file, "--name=bf16", "--train.steps=2",
                            "--train.precision=bf16"))
     assert all(math.isfinite(m["loss"]) for m in metrics(run_dir))
 
 
 def test_metrics_cover_what_users_watch(tiny_sft_model, pairs_file, tmp_path):
-    run_dir = train(config(tmp_path, tiny_sft_model, pairs_file, "--name=metrics", "--train.steps=2",
+    run_dir = run_training(config(tmp_path, tiny_sft_model, pairs_file, "--name=metrics", "--train.steps=2",
                            "--data.eval_fraction=0.25"))
     logged = metrics(run_dir)
     for key in ("loss", "rewards/chosen", "rewards/rejected", "margin", "accuracy", "logps/chosen",
@@ -188,6 +188,6 @@ def test_sigterm_saves_the_last_completed_step(tiny_sft_model, pairs_file, tmp_p
 
     cfg = config(tmp_path, tiny_sft_model, pairs_file, "--name=term", "--train.steps=4")
     with pytest.raises(KeyboardInterrupt):
-        train(cfg, on_step_end=terminate_at_step_two)
+        run_training(cfg, on_step_end=terminate_at_step_two)
     assert [p.name for p in list_checkpoints(cfg.run_dir)] == ["step-0000002"]
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is removed again

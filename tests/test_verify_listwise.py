@@ -17,7 +17,7 @@ from preftune.methods.adpo import adpo, adpo_listwise
 from preftune.methods.brain import brain
 from preftune.methods.curry_dpo import curry_dpo
 from preftune.methods.r2q import dpo_token_credit
-from preftune.records import Logps
+from preftune.records import Logps, MethodOutput
 
 
 def flat(logps: Logps) -> Logps:
@@ -97,6 +97,20 @@ def brain_policy_weights_without_proposal(policy, reference, *, scores, proposal
                  posterior=posterior, beta=beta)
 
 
+def brain_tempered_proposal(policy, reference, *, scores, proposal_logps, beta_post=1.0, posterior="softmax",
+                            beta=1.0):
+    """b = softmax(beta (log pi - log q')): the proposal tempered with the policy, so that the optimum
+    moves with q' when beta != 1 (the form before issue 12)."""
+    out = brain(policy, reference, scores=scores, proposal_logps=proposal_logps, beta_post=beta_post,
+                posterior=posterior, beta=beta)
+    if posterior != "softmax":
+        return out
+    proposal = (proposal_logps.sum if isinstance(proposal_logps, Logps) else proposal_logps).to(policy.sum.dtype)
+    alpha = torch.softmax(reference.sum + scores.to(policy.sum.dtype) / beta_post - proposal, -1)
+    log_b = torch.log_softmax(beta * (policy.sum - proposal), -1)
+    return MethodOutput(-(alpha * log_b).sum(-1), out.rewards, out.metrics)
+
+
 def brain_temperature_multiplies(policy, reference, *, scores, proposal_logps, beta_post=1.0, posterior="softmax",
                                  beta=1.0):
     """r * beta_post instead of r / beta_post."""
@@ -131,6 +145,7 @@ MUTANTS = [
     ("brain", brain_target_without_proposal_correction, "non-uniform proposal"),
     ("brain", brain_policy_weights_without_proposal, "non-uniform proposal"),
     ("brain", brain_temperature_multiplies, "uniform proposal"),
+    ("brain", brain_tempered_proposal, "beta = 0.5, non-uniform proposal"),
     ("dpo_token_credit", token_credit_without_reference, "pi_ref exp(r/beta)"),
     ("dpo_token_credit", token_credit_averaged, "Q*(s,a) - V*(s)"),
 ]

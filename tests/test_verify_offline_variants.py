@@ -162,6 +162,18 @@ def tpo_l_without_gamma(policy, *, beta=0.01, alpha=1.0, length_normalize=False,
                label_smoothing=label_smoothing)
 
 
+def tpo_ipo_on_sums(policy, *, beta=0.01, alpha=1.0, length_normalize=False, gamma=0.5, loss_type="sigmoid",
+                    label_smoothing=0.0):
+    """ipo regressing the summed log-prob gap (chosen and rejected lengths set to 1) instead of the
+    length-averaged one."""
+    if loss_type == "ipo":
+        lengths = policy.length.clone()
+        lengths[:, :2] = 1.0
+        policy = Logps(sum=policy.sum, length=lengths)
+    return tpo(policy, beta=beta, alpha=alpha, length_normalize=length_normalize, gamma=gamma, loss_type=loss_type,
+               label_smoothing=label_smoothing)
+
+
 def fdpo_forward_kl_sign_slip(policy, reference, *, beta=0.1, divergence="reverse_kl", alpha=0.5, max_exponent=80.0):
     """forward KL scored +exp(-Delta) (f'(u) = 1/u instead of -1/u)."""
     if divergence != "forward_kl":
@@ -223,6 +235,7 @@ MUTANTS = [
     ("beta_dpo", beta_dpo_statistics_after_the_loss, "one EMA update"),
     ("beta_dpo", beta_dpo_scaled_margins, "frozen M0"),
     ("tpo", tpo_per_example_nll, "batch token mean"),
+    ("tpo", tpo_ipo_on_sums, "ipo"),
     ("tpo", tpo_summed_nll, "TPO, gold"),
     ("tpo", tpo_l_without_gamma, "TPO-L, gold"),
     ("fdpo", fdpo_forward_kl_sign_slip, "forward_kl"),

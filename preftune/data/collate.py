@@ -38,13 +38,31 @@ class Batch:
                      None if self.example_ids is None else self.example_ids.to(device))
 
 
+def mismatched_completions(examples: list[TokenizedExample]) -> list[list[int]]:
+    """For each example, the completion of the next example (cyclically) whose prompt differs.
+
+    Rows made from pairs sit side by side, so "the next example" would often be the same prompt's
+    other reply in a batch taken in data order (evaluation, or `shuffle: false`), and KTO's z0
+    would then not be a KL estimate. A batch holding a single prompt has no mismatched completion:
+    it gets an empty one (log-ratio 0, so z0 = 0, as with no mismatched column at all) and keeps
+    two responses per example, like every other batch.
+    """
+    n = len(examples)
+    out = []
+    for i, example in enumerate(examples):
+        other = next((examples[(i + step) % n] for step in range(1, n)
+                      if examples[(i + step) % n].prompt_ids != example.prompt_ids), None)
+        out.append([] if other is None else other.response_ids[0])
+    return out
+
+
 def collate(examples: list[TokenizedExample], pad_token_id: int, pad_to_multiple_of: int = 1,
             example_ids: list[int] | None = None) -> Batch:
     """Pad a list of tokenized examples into a Batch (`example_ids`: their indices in the data, if known).
 
-    Pointwise examples (one completion with a label) get a second response: the completion of
-    the next example in the batch under this example's prompt, a mismatched pair from which
-    KTO estimates its KL reference point (Ethayarajh et al. 2024, §4.1).
+    Pointwise examples (one completion with a label) get a second response: a completion of
+    another prompt under this example's prompt, a mismatched pair from which KTO estimates its KL
+    reference point (Ethayarajh et al. 2024, §4.1); see `mismatched_completions`.
     """
     if not examples:
         raise ValueError("cannot collate an empty list of examples")
@@ -54,8 +72,8 @@ def collate(examples: list[TokenizedExample], pad_token_id: int, pad_to_multiple
     kind = kinds.pop()
     responses = [list(ex.response_ids) for ex in examples]
     if kind == "pointwise":
-        for i, ex in enumerate(examples):
-            responses[i].append(examples[(i + 1) % len(examples)].response_ids[0])
+        for i, mismatched in enumerate(mismatched_completions(examples)):
+            responses[i].append(mismatched)
     k = len(responses[0])
     if any(len(r) != k for r in responses):
         raise ValueError("every example in a batch must have the same number of responses")

@@ -1,56 +1,52 @@
-"""Reading preference data and turning each row into an `Example`, with row-level validation.
+"""Turning each row into an `Example`, with row-level validation.
 
 Accepted conventions (the Hugging Face ones):
-- pairwise, explicit prompt: {"prompt", "chosen", "rejected"}
+- pairwise, explicit prompt: {"prompt", "chosen", "rejected"}; chosen/rejected given as whole
+  dialogues that start with the prompt's turns (UltraFeedback: a text prompt, message-list
+  replies that repeat it as their user turn) keep only the reply
 - pairwise, implicit prompt: {"chosen", "rejected"} holding whole dialogues that share every turn
   but the last reply (HH-RLHF); the prompt is their common prefix, cut at a turn boundary
-- pointwise (KTO): {"prompt", "completion", "label"}
+- pointwise (KTO): {"prompt", "completion", "label"}, or {"messages", "label"} where the prompt is
+  every message but the last (assistant) one
 - demonstrations (SFT): {"prompt", "completion"} or {"messages"}
-- listwise: {"prompt", "responses", "scores"}
-Each text field is either plain text or a list of chat messages {"role", "content"}.
+- listwise: {"prompt", "responses", "scores"} (or "ranks")
+Each text field is either plain text or a list of chat messages {"role", "content"}, the same
+in every field of a row; a reply given as messages holds assistant turns only. Other layouts
+(ShareGPT, other field names) are converted first (layouts.py).
 
 Every bad row is reported with its origin (file and line, or row number), the field and the
 reason. `on_bad_row="error"` stops at the first one; `"skip"` drops it and counts the reason.
+A column that the row's kind does not use is counted in the load report, never dropped silently.
 """
 from __future__ import annotations
 
-import gzip
-import json
-import re
-from collections import Counter
+import math
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Iterable, Iterator, Union
+from typing import Any, Iterable, Union
 
-Message = dict[str, str]
-Text = Union[str, list[Message]]
+from preftune.data.dialogue import Message, Text, hh_reply_to_messages, hh_to_messages, messages_to_hh, \
+    shared_turns, split_common_prefix
+from preftune.data.errors import (EMPTY, IDENTICAL, INCONSISTENT, INVALID_TEXT, MISSING, UNDECODABLE, WRONG_TYPE,
+                                  BadRow, DataError)
+from preftune.data.layouts import Layout
+from preftune.data.load_report import LoadReport
+from preftune.data.reading import RawRow, describe_source, read_rows
+
+__all__ = ["BadRow", "DataError", "Example", "LoadReport", "Message", "RawRow", "Text", "describe_source",
+           "detect_kind", "extra_column_sources", "hh_to_messages", "messages_to_hh", "load_examples", "pairs_to_unpaired",
+           "read_rows", "row_to_example", "split_common_prefix", "EMPTY", "IDENTICAL", "INCONSISTENT", "MISSING",
+           "UNDECODABLE", "WRONG_TYPE"]
+
 KINDS = ("pairwise", "pointwise", "sft", "listwise")
-
-
-class DataError(ValueError):
-    """A bad row under `on_bad_row: error`, or a source that cannot be read at all."""
-
-
-# The countable kinds of bad row, as they appear in the run summary.
-MISSING, WRONG_TYPE, EMPTY, IDENTICAL, UNDECODABLE, INCONSISTENT = (
-    "missing field", "wrong type", "empty text", "chosen == rejected", "undecodable line", "inconsistent row")
-
-
-class BadRow(ValueError):
-    """Raised inside row conversion; carries the field (so the message can name it) and the
-    category under which a skipped row is counted."""
-
-    def __init__(self, reason: str, field_name: str | None = None, category: str = INCONSISTENT):
-        super().__init__(reason)
-        self.reason, self.field, self.category = reason, field_name, category
-
-    def describe(self) -> str:
-        return f"field '{self.field}': {self.reason}" if self.field else self.reason
+TEXT_FORMATS = ("auto", "text", "chat", "hh", "sharegpt")
 
 
 @dataclass
 class Example:
-    """One normalised row. For pairwise data `responses` is [chosen, rejected]."""
+    """One normalised row. For pairwise data `responses` is [chosen, rejected].
+
+    fields: the source's name of the prompt's field, then of each response's (for messages that
+    come later, e.g. from the chat template)."""
 
     prompt: Text
     responses: list[Text]
@@ -59,146 +55,43 @@ class Example:
     scores: list[float] | None = None
     extras: dict[str, Any] = field(default_factory=dict)
     origin: str = ""
+    fields: tuple[str, ...] = ()
 
     @property
     def is_chat(self) -> bool:
         return isinstance(self.prompt, list)
 
 
-@dataclass
-class LoadReport:
-    """What loading did: rows read, examples kept, rows skipped by reason (for the run summary)."""
-
-    rows: int = 0
-    kept: int = 0
-    skipped: Counter = field(default_factory=Counter)
-    first_errors: list[str] = field(default_factory=list)
-
-    def add_skip(self, message: str, category: str) -> None:
-        self.skipped[category] += 1
-        if len(self.first_errors) < 10:
-            self.first_errors.append(message)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"rows": self.rows, "kept": self.kept, "skipped": dict(self.skipped),
-                "first_errors": self.first_errors}
-
-
-# --------------------------------------------------------------------------- reading rows
-
-@dataclass
-class RawRow:
-    origin: str
-    data: dict | None
-    error: BadRow | None = None
-
-
-def describe_source(source: Any) -> str:
-    """A short name for a data source, for messages (never the data itself)."""
-    if isinstance(source, list):
-        return f"in-memory rows ({len(source)})"
-    if hasattr(source, "column_names"):
-        return f"datasets.Dataset ({len(source)} rows)"
-    return str(source)
-
-
-def read_rows(source: Any, split: str = "train") -> Iterator[RawRow]:
-    """Yield the rows of a .jsonl/.jsonl.gz/.json/.parquet file, a `datasets` directory saved with
-    save_to_disk, a `datasets.Dataset`, a list of dicts, or "hf:owner/name" (hub, needs network)."""
-    if isinstance(source, list):
-        for i, row in enumerate(source):
-            yield _as_raw(f"row {i}", row)
-        return
-    if hasattr(source, "column_names") and hasattr(source, "__getitem__"):  # a datasets.Dataset
-        for i, row in enumerate(source):
-            yield _as_raw(f"row {i}", row)
-        return
-    source = str(source)
-    if source.startswith("hf:"):
-        import datasets
-
-        yield from read_rows(datasets.load_dataset(source[3:], split=split), split)
-        return
-    path = Path(source)
-    if not path.exists():
-        raise DataError(f"{source}: no such file or directory")
-    if path.is_dir():
-        import datasets
-
-        loaded = datasets.load_from_disk(str(path))
-        if isinstance(loaded, datasets.DatasetDict):
-            if split not in loaded:
-                raise DataError(f"{source}: no split {split!r}; splits: {', '.join(loaded)}")
-            loaded = loaded[split]
-        for i, row in enumerate(loaded):
-            yield _as_raw(f"{path.name} row {i}", row)
-        return
-    name = path.name
-    if name.endswith((".jsonl", ".jsonl.gz")):
-        yield from _read_jsonl(path)
-    elif name.endswith(".json"):
-        try:
-            rows = json.loads(path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise DataError(f"{path}: cannot be decoded as JSON: {error}") from None
-        if not isinstance(rows, list):
-            raise DataError(f"{path}: a .json data file must hold a list of objects")
-        for i, row in enumerate(rows):
-            yield _as_raw(f"{name} row {i}", row)
-    elif name.endswith(".parquet"):
-        import pyarrow.parquet as pq
-
-        for i, row in enumerate(pq.read_table(path).to_pylist()):
-            yield _as_raw(f"{name} row {i}", row)
-    else:
-        raise DataError(f"{path}: unknown data format; use .jsonl, .jsonl.gz, .json, .parquet or a "
-                        f"datasets directory")
-
-
-def _as_raw(origin: str, row: Any) -> RawRow:
-    if not isinstance(row, dict):
-        return RawRow(origin, None, BadRow(f"row is not an object but {type(row).__name__}", category=WRONG_TYPE))
-    return RawRow(origin, row)
-
-
-def _read_jsonl(path: Path) -> Iterator[RawRow]:
-    opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            origin = f"{path.name}:{number}"
-            if not raw.strip():
-                continue
-            try:
-                row = json.loads(raw.decode("utf-8"))
-            except UnicodeDecodeError as error:
-                yield RawRow(origin, None, BadRow(f"undecodable line: not UTF-8 ({error.reason} at byte {error.start})",
-                                                 category=UNDECODABLE))
-                continue
-            except json.JSONDecodeError as error:
-                yield RawRow(origin, None, BadRow(f"undecodable line: invalid JSON ({error.msg} at column {error.colno})",
-                                                 category=UNDECODABLE))
-                continue
-            yield _as_raw(origin, row)
-
-
 # --------------------------------------------------------------------------- validating fields
 
-def _text(row: dict, name: str, allow_empty: bool = False) -> Text:
-    if name not in row or row[name] is None:
-        raise BadRow(f"missing field '{name}'", category=MISSING)
+def _clean(text: str, name: str) -> str:
+    if "\x00" in text:
+        raise BadRow("contains a NUL byte (\\x00)", name, INVALID_TEXT)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate, e.g. "\ud800" in JSON, or bytes that were not UTF-8
+        raise BadRow("is not valid Unicode text (a lone surrogate)", name, INVALID_TEXT) from None
+    return text
+
+
+def _text(row: dict, name: str) -> Text:
+    if row.get(name) is None:
+        raise BadRow("missing field", name, MISSING)
     value = row[name]
     if isinstance(value, str):
-        if not allow_empty and not value.strip():
+        if not _clean(value, name).strip():
             raise BadRow("empty text", name, EMPTY)
         return value
     if isinstance(value, list):
-        if not value and not allow_empty:
+        if not value:
             raise BadRow("empty list of messages", name, EMPTY)
         for i, message in enumerate(value):
             if not (isinstance(message, dict) and isinstance(message.get("role"), str)
                     and isinstance(message.get("content"), str)):
                 raise BadRow(f"item {i} is not a chat message with string 'role' and 'content'", name, WRONG_TYPE)
-        if not allow_empty and not any(m["content"].strip() for m in value):
+            _clean(message["role"], f"{name}[{i}]")
+            _clean(message["content"], f"{name}[{i}]")
+        if not any(m["content"].strip() for m in value):
             raise BadRow("empty text (every message is blank)", name, EMPTY)
         return value
     raise BadRow(f"must be a string or a list of chat messages, got {type(value).__name__}", name, WRONG_TYPE)
@@ -210,92 +103,53 @@ def _check_nonempty(text: Text, name: str) -> None:
         raise BadRow("empty text", name, EMPTY)
 
 
+def _check_reply(reply: Text, name: str, prompt: Text) -> None:
+    """A reply is in the prompt's format, and as messages it holds only assistant turns (any
+    other turn would be trained as the model's own words)."""
+    if isinstance(reply, list) != isinstance(prompt, list):
+        have, want = ("a message list", "text") if isinstance(reply, list) else ("text", "a message list")
+        raise BadRow(f"is {have} but the prompt is {want}; a row keeps one format", name, WRONG_TYPE)
+    if isinstance(reply, list):
+        for i, message in enumerate(reply):
+            if message["role"] != "assistant":
+                raise BadRow(f"message {i} has role {message['role']!r}; a reply holds assistant messages only",
+                             name, INCONSISTENT)
+
+
 def detect_kind(row: dict) -> str:
     keys = set(row)
     if keys & {"chosen", "rejected"}:
         return "pairwise"
     if "responses" in keys:
         return "listwise"
-    if "label" in keys and "completion" in keys:
+    if "label" in keys and keys & {"completion", "messages"}:
         return "pointwise"
     if "messages" in keys or "completion" in keys:
         return "sft"
-    raise BadRow("cannot tell the data kind: expected chosen/rejected (pairwise), "
-                 "completion/label (pointwise), prompt/completion or messages (sft), "
-                 f"or responses (listwise); the row has {sorted(keys)}")
+    raise BadRow("cannot tell the data kind: expected chosen/rejected (pairwise), completion/label or "
+                 "messages/label (pointwise), prompt/completion or messages (sft), or responses (listwise); "
+                 f"the row has {sorted(keys)} (data.columns maps other field names)")
 
 
-# --------------------------------------------------------------------------- implicit prompts
-
-# Turn markers of the HH-RLHF dialogue format. A prompt taken from a common prefix ends right
-# after the last assistant marker, so the reply keeps its leading space and nothing is lost.
-HH_ROLES = {"Human": "user", "Assistant": "assistant"}
-_HH_MARKER = re.compile(r"\n\n(Human|Assistant): ")
+# Which fields each kind reads (the rest of a row is reported as unused).
+USED_FIELDS = {"pairwise": {"prompt", "chosen", "rejected"}, "pointwise": {"prompt", "completion", "messages", "label"},
+               "sft": {"prompt", "completion", "messages"}, "listwise": {"prompt", "responses", "scores", "ranks"}}
 
 
-def split_common_prefix(chosen: Text, rejected: Text) -> tuple[Text, Text, Text]:
-    """Split two whole dialogues into (prompt, chosen reply, rejected reply), losslessly.
-
-    Text: the longest common prefix, cut after the last "Assistant:" marker inside it when there
-    is one, else at the last whitespace. Messages: the longest common list prefix.
-    prompt + reply reproduces each input exactly.
-    """
-    if isinstance(chosen, list) != isinstance(rejected, list):
-        raise BadRow("chosen and rejected must both be text or both be message lists")
-    if isinstance(chosen, list):
-        n = 0
-        while n < min(len(chosen), len(rejected)) and chosen[n] == rejected[n]:
-            n += 1
-        if n == 0:
-            raise BadRow("chosen and rejected share no leading messages, so there is no implicit "
-                         "prompt; give a 'prompt' field")
-        return chosen[:n], chosen[n:], rejected[n:]
-    n = 0
-    limit = min(len(chosen), len(rejected))
-    while n < limit and chosen[n] == rejected[n]:
-        n += 1
-    common = chosen[:n]
-    marker = common.rfind("\n\nAssistant:")
-    if marker >= 0:
-        cut = marker + len("\n\nAssistant:")
-    else:
-        cut = max(common.rfind(" "), common.rfind("\n")) + 1
-    if cut <= 0:
-        raise BadRow("chosen and rejected share no prefix, so there is no implicit prompt; "
-                     "give a 'prompt' field")
-    return chosen[:cut], chosen[cut:], rejected[cut:]
-
-
-def hh_to_messages(text: str) -> list[Message]:
-    """Parse a "\\n\\nHuman: ...\\n\\nAssistant: ..." dialogue into chat messages.
-
-    Lossless: `messages_to_hh(hh_to_messages(t)) == t`, which the caller can check; a text
-    that does not start with a turn marker raises BadRow.
-    """
-    parts = _HH_MARKER.split(text)
-    if parts[0] != "":
-        raise BadRow("text does not start with a '\\n\\nHuman: ' or '\\n\\nAssistant: ' turn marker")
-    return [{"role": HH_ROLES[role], "content": content} for role, content in zip(parts[1::2], parts[2::2])]
-
-
-def messages_to_hh(messages: list[Message]) -> str:
-    names = {v: k for k, v in HH_ROLES.items()}
-    return "".join(f"\n\n{names[m['role']]}: {m['content']}" for m in messages)
-
-
-def _hh_reply_to_messages(reply: str, field_name: str) -> list[Message]:
-    """A reply split off after "Assistant:" starts with its space; parse it as assistant turns."""
-    messages = hh_to_messages("\n\nAssistant:" + reply)
-    if messages_to_hh(messages) != "\n\nAssistant:" + reply:
-        raise BadRow("reply does not round-trip through the dialogue format", field_name)
-    return messages
+def _used_fields(kind: str, row: dict) -> set[str]:
+    used = set(USED_FIELDS[kind])
+    if kind in ("pointwise", "sft"):
+        used -= {"messages"} if "completion" in row else {"prompt", "completion"}
+    if kind == "listwise":
+        used -= {"ranks"} if row.get("scores") is not None else {"scores"}
+    return used
 
 
 # --------------------------------------------------------------------------- rows to examples
 
 def row_to_example(row: dict, origin: str, kind: str = "auto", text_format: str = "auto",
                    extra_columns: tuple[ExtraColumn, ...] = (), extra_responses: tuple[str, ...] = ()) -> Example:
-    """Validate one row and normalise it. Raises BadRow naming the field and the reason.
+    """Validate one conventional row and normalise it. Raises BadRow naming the field and the reason.
 
     text_format: "auto"/"text" keep strings as they are; "hh" turns HH-RLHF dialogue strings into
     chat messages (so a chat model's template is applied); "chat" requires message lists.
@@ -310,34 +164,43 @@ def row_to_example(row: dict, origin: str, kind: str = "auto", text_format: str 
         raise BadRow(f"unknown data kind {kind!r}; use one of {KINDS}")
     if kind == "pairwise":
         example = _pairwise(row, text_format)
-    elif kind == "pointwise":
-        label = row.get("label")
-        if not isinstance(label, bool):
-            if "label" not in row:
-                raise BadRow("missing field 'label'", category=MISSING)
-            raise BadRow(f"must be true or false, got {label!r}", "label", WRONG_TYPE)
-        example = Example(_text(row, "prompt"), [_text(row, "completion")], kind, label=label)
-    elif kind == "sft":
-        if "messages" in row:
-            messages = _text(row, "messages")
-            if isinstance(messages, str) or messages[-1]["role"] != "assistant":
-                raise BadRow("must be a message list ending with an assistant message", "messages", WRONG_TYPE)
-            example = Example(messages[:-1], [messages[-1:]], kind)
-        else:
-            example = Example(_text(row, "prompt"), [_text(row, "completion")], kind)
+    elif kind in ("pointwise", "sft"):
+        example = _single_completion(row, kind)
     else:
         example = _listwise(row)
     for name in extra_responses:
         response = _text(row, name)
-        if isinstance(response, list) != example.is_chat:
-            raise BadRow("must be the same format (text or messages) as the other responses", name)
+        _check_reply(response, name, example.prompt)
         example.responses.append(response)
+        example.fields += (name,)
     for name, columns in extra_column_sources(extra_columns):
         example.extras[name] = _extra_value(row, columns)
     example.origin = origin
     if text_format == "chat" and not example.is_chat:
         raise BadRow("data.format is 'chat' but the row holds plain text")
     return example
+
+
+def _single_completion(row: dict, kind: str) -> Example:
+    """A pointwise (labelled) or SFT row: prompt/completion, or a message list whose last
+    (assistant) message is the completion."""
+    label = None
+    if kind == "pointwise":
+        label = row.get("label")
+        if not isinstance(label, bool):
+            if label is None:
+                raise BadRow("missing field", "label", MISSING)
+            raise BadRow(f"must be true or false, got {label!r}", "label", WRONG_TYPE)
+    if "completion" in row or "messages" not in row:
+        prompt, completion = _text(row, "prompt"), _text(row, "completion")
+        _check_reply(completion, "completion", prompt)
+        return Example(prompt, [completion], kind, label=label, fields=("prompt", "completion"))
+    messages = _text(row, "messages")
+    if isinstance(messages, str) or messages[-1]["role"] != "assistant" or len(messages) < 2:
+        raise BadRow("must be a message list ending with an assistant message, after at least one prompt message",
+                     "messages", WRONG_TYPE)
+    _check_nonempty(messages[-1:], "messages")
+    return Example(messages[:-1], [messages[-1:]], kind, label=label, fields=("messages", "messages"))
 
 
 ExtraColumn = Union[str, dict]
@@ -380,28 +243,36 @@ def _extra_value(row: dict, columns: str | list[str]) -> float | list:
     return values
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _number_or_numbers(row: dict, name: str) -> float | list[float]:
-    if name not in row or row[name] is None:
-        raise BadRow(f"missing field '{name}'", category=MISSING)
+    if row.get(name) is None:
+        raise BadRow("missing field", name, MISSING)
     value = row[name]
-    is_number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
-    if is_number(value):
+    if _is_number(value):
         return float(value)
-    if isinstance(value, list) and value and all(is_number(v) for v in value):
+    if isinstance(value, list) and value and all(_is_number(v) for v in value):
         return [float(v) for v in value]
-    raise BadRow(f"must be a number or a list of numbers, got {type(value).__name__}", name, WRONG_TYPE)
+    raise BadRow(f"must be a number or a list of numbers (finite ones), got {_short(value)}", name, WRONG_TYPE)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text[:40]}{'...' if len(text) > 40 else ''}"
 
 
 def _pairwise(row: dict, text_format: str) -> Example:
     chosen, rejected = _text(row, "chosen"), _text(row, "rejected")
-    if "prompt" in row and row["prompt"] is not None:
+    if row.get("prompt") is not None:
         prompt = _text(row, "prompt")
-        # Some datasets repeat the prompt at the start of chosen/rejected: strip it so it is not
-        # counted twice (the common chat convention of TRL's implicit/explicit formats).
-        if isinstance(prompt, list) and isinstance(chosen, list) and chosen[:len(prompt)] == prompt:
-            chosen, rejected = chosen[len(prompt):], rejected[len(prompt):]
+        fields = ("prompt", "chosen", "rejected")
+        if isinstance(chosen, list) and isinstance(rejected, list):
+            prompt, chosen, rejected = _strip_repeated_prompt(prompt, chosen, rejected)
     else:
         prompt, chosen, rejected = split_common_prefix(chosen, rejected)
+        fields = ("chosen", "chosen", "rejected")
     if chosen == rejected:
         raise BadRow("chosen and rejected are identical", category=IDENTICAL)
     _check_nonempty(chosen, "chosen")
@@ -409,13 +280,29 @@ def _pairwise(row: dict, text_format: str) -> Example:
     if text_format == "hh":
         if not isinstance(prompt, str):
             raise BadRow("data.format is 'hh' but the row holds chat messages")
-        prompt_messages = hh_to_messages(prompt + " ")[:-1] if prompt.endswith("\n\nAssistant:") else None
-        if prompt_messages is None:
+        if not prompt.endswith("\n\nAssistant:"):
             raise BadRow("prompt does not end with an '\\n\\nAssistant:' turn marker", "prompt")
-        prompt = prompt_messages
-        chosen = _hh_reply_to_messages(chosen, "chosen")
-        rejected = _hh_reply_to_messages(rejected, "rejected")
-    return Example(prompt, [chosen, rejected], "pairwise")
+        prompt = hh_to_messages(prompt + " ")[:-1]
+        chosen = hh_reply_to_messages(chosen, "chosen")
+        rejected = hh_reply_to_messages(rejected, "rejected")
+    _check_reply(chosen, "chosen", prompt)
+    _check_reply(rejected, "rejected", prompt)
+    return Example(prompt, [chosen, rejected], "pairwise", fields=fields)
+
+
+def _strip_repeated_prompt(prompt: Text, chosen: list[Message], rejected: list[Message]):
+    """Replies given as whole dialogues that start with the prompt keep only what follows it: the
+    prompt's messages (TRL's convention), or, for a text prompt, the shared turns up to a user turn
+    that holds the prompt's text (UltraFeedback's `chosen`: [user prompt, assistant reply])."""
+    if isinstance(prompt, list):
+        n = len(prompt) if chosen[:len(prompt)] == prompt and rejected[:len(prompt)] == prompt else 0
+        return prompt, chosen[n:], rejected[n:]
+    n = shared_turns(chosen, rejected)
+    while n and chosen[n - 1]["role"] != "user":
+        n -= 1
+    if n and chosen[n - 1]["content"].strip() == prompt.strip():
+        return chosen[:n], chosen[n:], rejected[n:]
+    return prompt, chosen, rejected
 
 
 def _listwise(row: dict) -> Example:
@@ -423,27 +310,36 @@ def _listwise(row: dict) -> Example:
     responses = row.get("responses")
     if not isinstance(responses, list) or len(responses) < 2:
         raise BadRow("must be a list of at least two responses", "responses", WRONG_TYPE)
-    texts = [_text({"responses": r}, "responses") for r in responses]
+    texts = [_text({f"responses[{i}]": r}, f"responses[{i}]") for i, r in enumerate(responses)]
+    for i, text in enumerate(texts):
+        _check_reply(text, f"responses[{i}]", prompt)
     scores = row.get("scores")
     if scores is None and "ranks" in row:
         ranks = row["ranks"]
-        if not (isinstance(ranks, list) and len(ranks) == len(texts)
-                and all(isinstance(r, (int, float)) and not isinstance(r, bool) for r in ranks)):
+        if not (isinstance(ranks, list) and len(ranks) == len(texts) and all(_is_number(r) for r in ranks)):
             raise BadRow("must be a list of numbers, one per response", "ranks", WRONG_TYPE)
         scores = [-float(r) for r in ranks]  # rank 1 is best: a higher score is better
-    if not (isinstance(scores, list) and len(scores) == len(texts)
-            and all(isinstance(s, (int, float)) and not isinstance(s, bool) for s in scores)):
+    if not (isinstance(scores, list) and len(scores) == len(texts) and all(_is_number(s) for s in scores)):
         raise BadRow("must be a list of numbers, one per response", "scores", WRONG_TYPE)
-    return Example(prompt, texts, "listwise", scores=[float(s) for s in scores])
+    return Example(prompt, texts, "listwise", scores=[float(s) for s in scores],
+                   fields=("prompt", *(f"responses[{i}]" for i in range(len(texts)))))
 
 
 def load_examples(source: Any, kind: str = "auto", text_format: str = "auto", on_bad_row: str = "error",
                   split: str = "train", limit: int | None = None, extra_columns: tuple[ExtraColumn, ...] = (),
-                  extra_responses: tuple[str, ...] = ()) -> tuple[list[Example], LoadReport]:
-    """Read and validate all rows of `source`; see the module docstring for the policy."""
+                  extra_responses: tuple[str, ...] = (), columns: dict[str, str] | None = None
+                  ) -> tuple[list[Example], LoadReport]:
+    """Read and validate all rows of `source`; see the module docstring for the policy.
+
+    columns: `data.columns`, conventional name -> the source's field name (layouts.py)."""
     if on_bad_row not in ("error", "skip"):
-        raise ValueError(f"on_bad_row must be 'error' or 'skip', got {on_bad_row!r}")
+        raise DataError(f"data.on_bad_row must be 'error' or 'skip', got {on_bad_row!r}")
+    if text_format not in TEXT_FORMATS:
+        raise DataError(f"data.format must be one of {', '.join(TEXT_FORMATS)}, got {text_format!r}")
     extra_column_sources(extra_columns)  # a malformed entry is a configuration error, not a bad row
+    layout = Layout(columns, text_format)
+    extras = {c for _, cs in extra_column_sources(extra_columns) for c in ([cs] if isinstance(cs, str) else cs)}
+    extras |= set(extra_responses)
     examples, report = [], LoadReport()
     # With kind "auto" the first row that shows its kind fixes it for the whole source, so a
     # later row missing a field is reported as such rather than as a row of another kind.
@@ -454,20 +350,24 @@ def load_examples(source: Any, kind: str = "auto", text_format: str = "auto", on
         try:
             if raw.error:
                 raise raw.error
+            row = layout.convert(raw.data)
             if kind == "auto":
-                kind = detect_kind(raw.data)
-            example = row_to_example(raw.data, raw.origin, kind, text_format, tuple(extra_columns),
-                                     tuple(extra_responses))
+                kind = detect_kind(row)
+            example = row_to_example(row, raw.origin, kind, "auto" if text_format == "sharegpt" else text_format,
+                                     tuple(extra_columns), tuple(extra_responses))
         except BadRow as bad:
+            bad.field = layout.source_name(bad.field)
             message = f"{raw.origin}: {bad.describe()}"
             if on_bad_row == "error":
                 raise DataError(message + " (set data.on_bad_row: skip to drop such rows and count them)") from None
             report.add_skip(message, bad.category)
             continue
+        example.fields = tuple(layout.source_name(name) for name in example.fields)
+        report.unused_columns.update(set(raw.data) - layout.consumed(raw.data, _used_fields(kind, row)) - extras)
         examples.append(example)
         report.kept += 1
     if not examples:
-        raise DataError(f"{describe_source(source)}: no usable rows ({report.rows} read, {sum(report.skipped.values())} skipped)")
+        raise DataError(report.nothing_usable(describe_source(source)))
     return examples, report
 
 
@@ -475,6 +375,9 @@ def pairs_to_unpaired(examples: Iterable[Example]) -> list[Example]:
     """Turn each pair into a desirable and an undesirable completion, for pointwise methods (KTO)."""
     out = []
     for ex in examples:
-        out.append(Example(ex.prompt, [ex.responses[0]], "pointwise", label=True, origin=ex.origin))
-        out.append(Example(ex.prompt, [ex.responses[1]], "pointwise", label=False, origin=ex.origin))
+        prompt_field, chosen_field, rejected_field = (ex.fields + ("", "", ""))[:3]
+        out.append(Example(ex.prompt, [ex.responses[0]], "pointwise", label=True, origin=ex.origin,
+                           fields=(prompt_field, chosen_field)))
+        out.append(Example(ex.prompt, [ex.responses[1]], "pointwise", label=False, origin=ex.origin,
+                           fields=(prompt_field, rejected_field)))
     return out

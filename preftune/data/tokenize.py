@@ -4,7 +4,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from preftune.data.formats import DataError, Example
+from preftune.data.errors import UNTOKENIZABLE, BadRow, DataError
+from preftune.data.formats import Example
+from preftune.data.load_report import LoadReport
 
 
 @dataclass
@@ -46,6 +48,10 @@ def encode_prompt(tokenizer, prompt) -> list[int]:
     return tokenizer(prompt)["input_ids"]
 
 
+# Roles every chat template renders; a message of another role must show in the rendered text.
+KNOWN_ROLES = ("system", "user", "assistant")
+
+
 class Tokenization:
     """Turns examples into token ids.
 
@@ -67,21 +73,36 @@ class Tokenization:
         self.stats = TruncationStats()
 
     def texts(self, example: Example) -> tuple[str, list[str], bool]:
-        """(prompt text, response texts, whether the prompt text already carries special tokens)."""
+        """(prompt text, response texts, whether the prompt text already carries special tokens).
+
+        Raises BadRow naming the field when the chat template cannot render a message list, or
+        renders it without a message of a role it does not know."""
         if not example.is_chat:
             return example.prompt, list(example.responses), False
         if getattr(self.tokenizer, "chat_template", None) is None:
             raise DataError(f"{example.origin}: the data holds chat messages but the tokenizer has no chat template")
-        template = self.tokenizer.apply_chat_template
-        prompt_text = template(example.prompt, tokenize=False, add_generation_prompt=True)
+        fields = example.fields or ("prompt", *(f"response {i}" for i in range(len(example.responses))))
+        prompt_text = self._render(example.prompt, fields[0], add_generation_prompt=True)
         responses = []
-        for response in example.responses:
-            full = template(example.prompt + response, tokenize=False)
+        for response, name in zip(example.responses, fields[1:]):
+            full = self._render(example.prompt + response, name)
             if not full.startswith(prompt_text):
-                raise DataError(f"{example.origin}: the chat template renders the prompt differently "
-                                f"with and without the reply, so the reply cannot be split off")
+                raise BadRow("the chat template renders the prompt differently with and without this reply, so "
+                             "the reply cannot be split off", name, UNTOKENIZABLE)
             responses.append(full[len(prompt_text):])
         return prompt_text, responses, True
+
+    def _render(self, messages: list[dict], name: str, add_generation_prompt: bool = False) -> str:
+        try:
+            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+        except Exception as error:  # jinja's TemplateError (a template's raise_exception), KeyError, TypeError ...
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise BadRow(f"the chat template cannot render it: {reason}", name, UNTOKENIZABLE) from None
+        for message in messages:
+            if message["role"] not in KNOWN_ROLES and message["content"].strip() not in text:
+                raise BadRow(f"the chat template drops the message of role {message['role']!r} (a role it does not "
+                             "know)", name, UNTOKENIZABLE)
+        return text
 
     def __call__(self, example: Example) -> TokenizedExample | None:
         prompt_text, response_texts, templated = self.texts(example)
@@ -111,6 +132,21 @@ class Tokenization:
         return TokenizedExample(prompt_ids, response_ids, example.kind, example.label, example.scores,
                                 dict(example.extras), prompt_cut or response_cut)
 
-    def many(self, examples: list[Example]) -> list[TokenizedExample]:
-        out = [self(ex) for ex in examples]
-        return [t for t in out if t is not None]
+    def many(self, examples: list[Example], on_bad_row: str = "error",
+             report: LoadReport | None = None) -> list[TokenizedExample]:
+        """Tokenize every example; a row the chat template cannot render obeys `on_bad_row` like a
+        bad row found at loading (skipped rows are counted in `report`)."""
+        out = []
+        for example in examples:
+            try:
+                tokenized = self(example)
+            except BadRow as bad:
+                message = f"{example.origin}: {bad.describe()}"
+                if on_bad_row == "error":
+                    raise DataError(message + " (set data.on_bad_row: skip to drop such rows and count them)") from None
+                if report is not None:
+                    report.drop_after_load(example.origin, message, bad.category)
+                continue
+            if tokenized is not None:
+                out.append(tokenized)
+        return out

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from preftune.data.collate import collate
 from preftune.data.tokenize import TokenizedExample
+from preftune.records import response_names
 
 
 # --------------------------------------------------------------------------- pure functions
@@ -278,8 +279,6 @@ def monitor_for_run(cfg, data, tokenizer, policy, reference, unwrap=lambda m: m)
         ref = reference.frozen
     else:
         ref = lambda: reference.model(unwrap)  # noqa: E731  (the LoRA policy with adapters disabled)
-    from preftune.train.metrics import response_names
-
     names = tuple(response_names(data.kind, len(examples[0].response_ids) if examples else 2))
     monitor = TrainingDiagnostics(examples, tokenizer, prompts=prompts if settings.prompts else (), task=task,
                                   top_k=settings.top_k, samples_per_prompt=settings.samples_per_prompt,

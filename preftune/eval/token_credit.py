@@ -70,4 +70,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    import preftune.train  # noqa: F401  (the program registers builtin:arithmetic-sft)
+
     sys.exit(main())

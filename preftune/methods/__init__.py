@@ -6,7 +6,7 @@ there is no central list to edit.
 import importlib
 import pkgutil
 
-from preftune.methods.registry import (CheckResult, MethodSpec, all_methods, get, register,
+from preftune.methods.registry import (CheckResult, MethodSpec, all_methods, get, load_method_packages, register,
                                        tabular_check, taxonomy)
 from preftune.methods.objective import Objective, build_objective
 
@@ -15,10 +15,9 @@ for _module in pkgutil.iter_modules(__path__):
         importlib.import_module(f"{__name__}.{_module.name}")
 
 # Method packages that live outside this folder but on this layer (pure loss functions that register
-# themselves the same way): the reinforcement-learning hybrids of preftune/rl/methods.
-EXTRA_METHOD_PACKAGES = ("preftune.rl.methods",)
-for _package in EXTRA_METHOD_PACKAGES:
-    importlib.import_module(_package)
+# themselves the same way): registry.METHOD_PACKAGES, e.g. the reinforcement-learning hybrids of
+# preftune/rl/methods. A family that does not exist yet is skipped.
+load_method_packages()
 
 __all__ = ["CheckResult", "MethodSpec", "Objective", "all_methods", "build_objective", "get",
            "register", "tabular_check", "taxonomy"]

@@ -24,9 +24,10 @@ def _sums(values: Logps | Tensor) -> Tensor:
     taxonomy=taxonomy(["listwise", "reward-scores", "n-samples-per-prompt"], ["offline", "distillation"],
                       ["fixed-reference", "forward-kl", "importance-sampling"]),
     reconstructed="the posterior p(y|x,G=1) ~ p_SFT(y|x) exp(r/beta_post) (beta_post's placement) and the "
-                  "DPO temperature `beta` on the self-normalised policy weights (so that the n = 2 argmax case "
-                  "is DPO at any beta; the paper states it at beta = 1) are our reading; the proposal refresh "
-                  "schedule is not implemented (the proposal log-probs are data).",
+                  "DPO temperature `beta` on the policy's log-ratio in the self-normalised policy weights (so "
+                  "that the proposal cancels and the n = 2 argmax case is DPO at any beta; the paper states it "
+                  "at beta = 1) are our reading; the proposal refresh schedule is not implemented (the proposal "
+                  "log-probs are data).",
 )
 def brain(policy: Logps, reference: Logps, *, scores: Tensor, proposal_logps: Logps | Tensor,
           beta_post: float = 1.0, posterior: str = "softmax", beta: float = 1.0) -> MethodOutput:
@@ -34,10 +35,14 @@ def brain(policy: Logps, reference: Logps, *, scores: Tensor, proposal_logps: Lo
 
     For n samples y_1..y_n of one prompt drawn from a proposal q' (the SFT model, or any other):
       alpha_i = softmax_i(log p_SFT(y_i) + r_i / beta_post - log q'(y_i))   target weights, detached
-      b_i     = softmax_i(beta * (log pi(y_i) - log q'(y_i)))                self-normalised policy weights
+      b_i     = softmax_i(beta log pi(y_i)/p_SFT(y_i) + log p_SFT(y_i) - log q'(y_i))
+                                                                     self-normalised policy weights
       L       = -sum_i alpha_i log b_i,   so that   dL/d log pi(y_i) = -beta (alpha_i - b_i)
-    i.e. the BRAIn gradient -sum_i (alpha_i - b_i) grad log pi(y_i) at beta = 1 (paper §3, the
-    self-normalised baseline). Its fixed point is pi = p_SFT exp(r/beta_post) / Z (beta = 1).
+    i.e. the BRAIn gradient -sum_i (alpha_i - b_i) grad log pi(y_i) at beta = 1, where b_i is
+    softmax_i(log pi(y_i) - log q'(y_i)) (paper §3, the self-normalised baseline). b = alpha holds at
+    pi = p_SFT exp(r / (beta beta_post)) / Z whatever the proposal: q' cancels at every beta (with
+    b = softmax(beta (log pi - log q')) it would not, and the optimum would move with q' when beta != 1).
+    At beta = 1 the fixed point is the posterior pi = p_SFT exp(r/beta_post) / Z.
     posterior "argmax" puts alpha on the best-rewarded sample: with n = 2 and q' = p_SFT = pi_ref
     this is DPO, L = -log sigmoid(beta (Delta_w - Delta_l)) ("DPO-sft", paper §4; beta = 1 there).
     p_SFT is the reference model; scores (B, n) are the rewards r; proposal_logps (B, n) are
@@ -56,7 +61,7 @@ def brain(policy: Logps, reference: Logps, *, scores: Tensor, proposal_logps: Lo
         best = scores == scores.max(dim=-1, keepdim=True).values
         alpha = best.to(scores.dtype) / best.sum(-1, keepdim=True)
     alpha = alpha.detach()
-    log_b = torch.log_softmax(beta * (policy.sum - proposal), dim=-1)
+    log_b = torch.log_softmax(beta * (policy.sum - reference.sum) + reference.sum - proposal, dim=-1)
     loss = -(alpha * log_b).sum(-1)
     kl = (torch.special.xlogy(alpha, alpha) - alpha * log_b).sum(-1)
     n = alpha.shape[-1]
@@ -73,7 +78,8 @@ def brain_tabular_check(fn=brain):
     1. With a uniform proposal the expected loss is minimised exactly at the posterior
        pi = p_SFT exp(r/beta_post) / Z (offline.md §16 Test 2).
     2. With a non-uniform proposal q' the optimum is the same posterior: the importance weights
-       remove q' from both the target and the policy weights.
+       remove q' from both the target and the policy weights. At beta = 0.5, with the same
+       non-uniform q', the optimum is p_SFT exp(r / (beta beta_post)) / Z: q' cancels at every beta.
     3. n = 2, argmax posterior, q' = p_SFT = pi_ref, pairs labelled by Bradley-Terry(r) with the
        winner scored higher: DPO, so beta (Delta_i - Delta_j) = r_i - r_j at the optimum (beta = 1
        as in the paper, and beta = 0.1 for the [recon] temperature).
@@ -102,6 +108,11 @@ def brain_tabular_check(fn=brain):
         optimum = optimise_policy(loss, bandit, group)
         results.append(optimum_is_policy("brain", f"optimum = p_SFT exp(r/beta_post)/Z, {name} proposal",
                                          posterior, optimum, 1e-9))
+    beta = 0.5
+    optimum = optimise_policy(method_loss("brain", fn, beta_post=beta_post, beta=beta), bandit, group)
+    results.append(optimum_is_policy(
+        "brain", f"beta = {beta:g}, non-uniform proposal: optimum = p_SFT exp(r/(beta beta_post))/Z",
+        dpo_optimal_policy(DEFAULT_REF, DEFAULT_REWARDS, beta * beta_post), optimum, 1e-9))
 
     pairs = pairwise_dataset(PreferenceModel.bradley_terry(DEFAULT_REWARDS), reference_pair_sampling(bandit))
     winner_first = torch.tensor([[1.0, 0.0]], dtype=torch.float64).expand(pairs.num_rows, 2)

@@ -5,9 +5,15 @@ returning a `MethodOutput`. `register` records the facts the trainer needs (does
 reference model, per-token log-probs, which data columns), the catalogue seed it implements,
 the survey taxonomy tags, and its status. Hyperparameters are the keyword-only arguments with
 defaults, so the signature is the single source of truth for names and defaults.
+
+Methods of other families live beside their loops, in a `methods` subpackage of the family
+(`preftune/rl/methods/`, `preftune/diffusion/methods/`) that registers its losses here when
+imported. METHOD_PACKAGES names those subpackages, and importing preftune.methods imports them
+(`load_method_packages`), skipping a family that does not exist; the registry never imports a loop.
 """
 from __future__ import annotations
 
+import importlib
 import inspect
 import math
 from dataclasses import dataclass, field
@@ -122,6 +128,23 @@ def _jsonable(value: Any) -> Any:
 
 
 _REGISTRY: dict[str, MethodSpec] = {}
+
+# Method packages outside preftune/methods/ (which imports its own files): each family keeps its pure
+# losses in a `methods` subpackage that registers them here when imported. preftune/methods/__init__.py
+# imports these after its own files, skipping a family that does not exist. They sit on the methods
+# layer (tests/test_layers.py), and a family's own __init__.py must stay light (no loop imports),
+# since importing its methods subpackage runs it first.
+METHOD_PACKAGES = ("preftune.rl.methods", "preftune.diffusion.methods")
+
+
+def load_method_packages(names: tuple[str, ...] = METHOD_PACKAGES) -> None:
+    """Import every family method package in `names` that exists, so that its methods are registered."""
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as error:  # the family (or its methods) is not there: nothing to register
+            if not error.name or not (name == error.name or name.startswith(error.name + ".")):
+                raise
 
 
 def register(*, name: str, seed: str | None, family: str, input_kind: str, needs_reference: bool,

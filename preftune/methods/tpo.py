@@ -44,15 +44,16 @@ def tpo(policy: Logps, *, beta: float = 0.01, alpha: float = 1.0, length_normali
     reduction, spread over examples by `batch_token_mean_nll`). gamma is absolute (the code
     subtracts gamma/beta before multiplying by beta) and only enters TPO-L. loss_type: "sigmoid"
     (above, with optional label_smoothing eps: (1-eps) l(z) + eps l(-z)), "hinge" max(0, 1 - z), or
-    "ipo" (u - 1/(2 beta))^2 on u = the avg or sum log-prob gap.
+    "ipo" (u - 1/(2 beta))^2 on u = avg(y_w) - avg(y_l): the official trainer length-averages the
+    log-probs for ipo as for TPO-L, whatever length_normalize says.
     Defaults, official README for base models: TPO beta 0.01, alpha 1 (instruct: alpha 0.05);
     TPO-L beta 2 and gamma 0.5-10. Code defaults: beta 0.1, alpha 0.05, gamma 0.5.
     alpha = 0 TPO-L is SimPO with gamma absolute; alpha = 0 TPO is the reference-free sigmoid loss.
-    Shapes: (B, 3) in, (B,) loss. Rewards: beta * lp (or avg) of each response.
+    Shapes: (B, 3) in, (B,) loss. Rewards: beta * lp (avg for TPO-L and ipo) of each response.
     """
     if policy.num_responses <= GOLD:
         raise ValueError("tpo needs a gold response after chosen and rejected: set data.extra_responses: [gold]")
-    scores = policy.mean if length_normalize else policy.sum
+    scores = policy.mean if length_normalize or loss_type == "ipo" else policy.sum
     gap = scores[:, 0] - scores[:, 1]
     z = beta * gap - (gamma if length_normalize else 0.0)
     if loss_type == "sigmoid":
@@ -107,11 +108,13 @@ def tpo_tabular_check(fn=tpo):
     root of the derivative in `tpo_gold_pair_optimum`, for TPO (sums) and TPO-L (means, gamma).
     (2) The gold NLL is a token mean over the batch's gold tokens: d(mean_b L)/d lp(gold_b) =
     -alpha / sum_b |gold_b| for every example (gold lengths 2, 5, 9), not -alpha/(B |gold_b|).
-    (3) alpha = 0 TPO-L is SimPO: its soft-label pair optimum beta (avg_0 - avg_1) is SimPO's closed form."""
+    (3) alpha = 0 TPO-L is SimPO: its soft-label pair optimum beta (avg_0 - avg_1) is SimPO's closed form.
+    (4) loss_type ipo regresses the length-averaged gap: with alpha = 0 its pair optimum is
+    avg_0 - avg_1 = (2p - 1)/(2 beta), IPO's closed form on per-token log-probs (lengths 3 and 7)."""
     from preftune.tabular.bandit import DTYPE, Bandit
     from preftune.tabular.checks import PAIR_LENGTHS, PAIR_P, PAIR_REF, compare, compare_vectors, method_loss, \
         pair_logp_margin, pair_optimum
-    from preftune.tabular.closed_forms import margin_logistic_optimal_margin
+    from preftune.tabular.closed_forms import ipo_optimal_margin, margin_logistic_optimal_margin
     from preftune.tabular.expected import Dataset, optimise_policy
 
     p = PAIR_P
@@ -144,6 +147,12 @@ def tpo_tabular_check(fn=tpo):
     results.append(compare("tpo", f"alpha = 0 TPO-L = SimPO: soft-label optimum beta (avg_0 - avg_1), gamma = {gamma:g}",
                            margin_logistic_optimal_margin(p, gamma),
                            beta * pair_logp_margin(bandit, optimum.logp, normalise=True), 1e-9))
+
+    beta = 0.5
+    bandit, optimum = pair_optimum(method_loss("tpo", lambda policy, **kw: fn(_with_unused_gold(policy), **kw),
+                                               beta=beta, alpha=0.0, loss_type="ipo"))
+    results.append(compare("tpo", f"ipo, alpha = 0: optimum avg_0 - avg_1 = (2p-1)/(2 beta), |y| = {PAIR_LENGTHS}",
+                           ipo_optimal_margin(p, beta), pair_logp_margin(bandit, optimum.logp, normalise=True), 1e-9))
     return results
 
 

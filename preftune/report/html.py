@@ -128,6 +128,8 @@ def _training_section(page: Page, run_dir: Path, plots: Path, title: str = "Trai
                       "global batch": summary.get("global_batch"), "reference": summary.get("reference"),
                       "train examples": summary.get("data", {}).get("train_examples"),
                       "held-out examples": summary.get("data", {}).get("eval_examples")}, "run")
+        if summary.get("data", {}).get("load"):
+            page.mapping(data_loading(summary["data"]), "data: rows skipped by reason, truncation")
         final = {k: v for k, v in summary.get("final_train_metrics", {}).items() if isinstance(v, float)}
         if final:
             page.mapping(final, "last training step")
@@ -135,11 +137,11 @@ def _training_section(page: Page, run_dir: Path, plots: Path, title: str = "Trai
             page.mapping(summary["eval"], "held-out evaluation")
     metrics = read_metrics(run_dir)
     if any("loss" in r for r in metrics):
-        page.image(plot_training(run_dir, plots / f"{run_dir.name}_training.png"), "training curves: loss, accuracy, "
+        page.image(plot_training(metrics, plots / f"{run_dir.name}_training.png"), "training curves: loss, accuracy, "
                    "margin, chosen and rejected log-likelihood")
     diagnostics = [r for r in metrics if any(k.startswith("diag/") for k in r)]
     if diagnostics:
-        page.image(plot_diagnostics(run_dir, plots / f"{run_dir.name}_diagnostics.png"), "training diagnostics on "
+        page.image(plot_diagnostics(metrics, plots / f"{run_dir.name}_diagnostics.png"), "training diagnostics on "
                    "held-out data")
         from preftune.eval.diagnostics import diagnostic_warnings
 
@@ -149,6 +151,16 @@ def _training_section(page: Page, run_dir: Path, plots: Path, title: str = "Trai
         keys = [k for k in last if k.startswith("diag/")]
         page.table(["diagnostic", f"step {first['step']}", f"step {last['step']}"],
                    [[k[len("diag/"):], first.get(k), last.get(k)] for k in keys], "diagnostics, first and last")
+
+
+def data_loading(data: dict) -> dict:
+    """What loading did to a run's data (train_summary.json's data.load and data.truncation), as shown."""
+    load, cut = data["load"], data.get("truncation", {})
+    return {"rows read": load.get("rows"), "rows kept": load.get("kept"),
+            "rows skipped": ", ".join(f"{k} {v}" for k, v in load.get("skipped", {}).items()) or "none",
+            "columns not used": ", ".join(load.get("unused_columns", {})) or "none",
+            "truncated": f"{cut.get('prompts_truncated', 0)} prompts, {cut.get('responses_truncated', 0)} responses; "
+                         f"{cut.get('examples_dropped', 0)} examples dropped"}
 
 
 def _pipeline_section(page: Page, run_dir: Path, plots: Path) -> None:
@@ -193,6 +205,28 @@ def _online_section(page: Page, run_dir: Path, plots: Path) -> None:
                [[r.get("iteration"), *(r.get(c) for c in columns)] for r in rows], "per iteration (online_summary.json)")
 
 
+def _rl_section(page: Page, run_dir: Path, plots: Path) -> None:
+    """The report's section for an RL run: its summary, curves and per-iteration table."""
+    summary = json.loads((run_dir / "rl_summary.json").read_text())
+    page.heading(f"RL: {summary.get('method')} on {summary.get('task')}")
+    if summary.get("kind") == "lot-sizing":
+        page.mapping({"episodes": summary["episodes"], "DP optimum": summary["optimum"], **summary.get("final", {}),
+                      "seconds": summary.get("wall_seconds")}, "run")
+    else:
+        page.mapping({"algorithm": summary.get("algorithm"), "iterations": len(summary["iterations"]) - 1,
+                      "seconds": summary.get("wall_seconds")}, "run")
+    from preftune.report.rl_plots import plot_rl
+
+    page.image(plot_rl(read_metrics(run_dir), plots / f"{run_dir.name}_rl.png"),
+               "reward, accuracy, KL, per-aspect rewards and value loss per iteration (0: the starting policy)")
+    rows = summary.get("iterations", [])
+    columns = [k for k in dict.fromkeys(k for r in rows for k in r)
+               if k.startswith("eval/") and all(isinstance(r.get(k, 0.0), (int, float)) for r in rows)]
+    if rows and columns:
+        page.table(["iteration", *(c[5:] for c in columns)], [[r["iteration"], *(r.get(c) for c in columns)]
+                                                               for r in rows], "held-out evaluation per iteration")
+
+
 def _sweep_section(page: Page, sweep_json: Path, plots: Path) -> None:
     from preftune.eval.sweep import format_sweep
     from preftune.report.measure_plots import plot_sweep
@@ -229,9 +263,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     page.paragraph(f"Run directory `{run_dir.resolve()}`; generated {time.strftime('%Y-%m-%d %H:%M:%S')}.", muted=True)
     found = False
     if (run_dir / "rl_summary.json").exists():  # `preftune rl` (its metrics.jsonl is not a training run's)
-        from preftune.report.rl_plots import rl_section
-
-        rl_section(page, run_dir, plots)
+        _rl_section(page, run_dir, plots)
         found = True
     elif (run_dir / "summary.json").exists():
         _pipeline_section(page, run_dir, plots)

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from preftune.report.plots import plt, save_figure
-from preftune.train.metrics import read_metrics
+
 
 def diagnostic_panels(k: int) -> list[tuple[str, list[str], str]]:
     """Panels of the diagnostics figure: (title, metric keys, what to read in it)."""
@@ -22,9 +22,9 @@ def diagnostic_panels(k: int) -> list[tuple[str, list[str], str]]:
     ]
 
 
-def plot_diagnostics(run_dir: Path, path: Path) -> Path | None:
-    """The training diagnostics of a run against step (None when the run logged none)."""
-    rows = [r for r in read_metrics(run_dir) if any(k.startswith("diag/") for k in r)]
+def plot_diagnostics(metrics: list[dict], path: Path) -> Path | None:
+    """The training diagnostics of a run (its metrics.jsonl rows) against step (None when it logged none)."""
+    rows = [r for r in metrics if any(k.startswith("diag/") for k in r)]
     if not rows:
         return None
     keys = {k for r in rows for k in r}

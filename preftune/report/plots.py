@@ -8,7 +8,6 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display is needed or assumed
 import matplotlib.pyplot as plt  # noqa: E402
 
-from preftune.train.metrics import read_metrics  # noqa: E402
 
 def save_figure(fig, path: Path) -> Path:
     """Write a figure as PNG (creating the folder) and free it."""
@@ -27,9 +26,10 @@ TRAINING_PANELS = [
 ]
 
 
-def plot_training(run_dir: Path, path: Path) -> Path:
-    """Loss, accuracy, margin and chosen/rejected log-likelihood against step, from metrics.jsonl."""
-    rows = [r for r in read_metrics(run_dir) if "loss" in r]
+def plot_training(metrics: list[dict], path: Path) -> Path:
+    """Loss, accuracy, margin and chosen/rejected log-likelihood against step, from a run's metrics.jsonl
+    rows (train.metrics.read_metrics)."""
+    rows = [r for r in metrics if "loss" in r]
     panels = [(title, keys) for title, keys in TRAINING_PANELS if any(k in rows[0] for k in keys)] if rows else []
     fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(4 * max(1, len(panels)), 3.2), squeeze=False)
     for ax, (title, keys) in zip(axes[0], panels):

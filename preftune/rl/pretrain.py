@@ -45,7 +45,7 @@ def dpo_policy_path(cfg, policy_path: str) -> str:
     samples labelled by the task's gold score (`task:<name>` data of `preftune train`), trained in
     RUN_DIR/dpo by the offline loop before the RL run sets up its accelerator; reused when already there."""
     from preftune.config import DataConfig, RunConfig, TaskDataConfig, TrainConfig
-    from preftune.train.loop import train
+    from preftune.train.runner import run_training
 
     d = cfg.dpo
     if d.path != "auto":
@@ -62,5 +62,5 @@ def dpo_policy_path(cfg, policy_path: str) -> str:
                                                         max_new_tokens=cfg.rollout.max_new_tokens)),
                     train=TrainConfig(steps=d.steps, batch_size=d.batch_size, lr=d.lr, warmup_ratio=0.1, schedule="cosine",
                                       seed=cfg.train.seed, progress=cfg.train.progress))
-    train(run)
+    run_training(run)
     return str(root / "model")

@@ -1,7 +1,8 @@
 """Curricula over pairs cut from ranked lists: Curry-DPO (Pattnaik et al. 2024; offline.md §4).
 
 The loss of every stage is the configured objective (for Curry-DPO `curry_dpo`, i.e. DPO); a
-curriculum adds data and schedule on top of the ordinary `train()`:
+curriculum adds data and schedule on top of the ordinary `train()`, and the runner (runner.py)
+hands a recipe with a `curriculum:` section to it:
 
 1. ranked rows {prompt, responses, scores|ranks}: those of data.source, or for `task:<name>`
    data.task.samples_per_prompt samples per prompt of the initial model scored by the task's
@@ -40,6 +41,9 @@ import torch
 from preftune.config import CurriculumConfig, RunConfig, to_dict
 from preftune.data import ranked
 from preftune.data.formats import read_rows
+from preftune.train.checkpoint import list_checkpoints
+from preftune.train.loop import train
+from preftune.train.sources import run_data, source_task, task_rows
 
 SCHEDULES = ("iterative", "sorted")
 
@@ -51,9 +55,6 @@ def train_curriculum(cfg: RunConfig, resume: str | bool | None = None, data_sour
     data_source: ranked rows in memory instead of cfg.data.source. resume: finished stages are
     kept, and an unfinished stage continues from its latest checkpoint if it has one.
     """
-    from preftune.train.checkpoint import list_checkpoints
-    from preftune.train.loop import train
-
     settings = cfg.curriculum
     validate(settings)
     if settings.schedule == "iterative" and cfg.model.lora.enabled:
@@ -95,7 +96,7 @@ def train_curriculum(cfg: RunConfig, resume: str | bool | None = None, data_sour
                 curriculum=CurriculumConfig(),
                 train=dataclasses.replace(cfg.train, shuffle=cfg.train.shuffle and settings.schedule != "sorted"))
             stage_resume = True if resume and list_checkpoints(stage_dir) else None
-            train(stage_cfg, resume=stage_resume, data_source=stage_pairs, on_step_end=on_step_end)
+            train(stage_cfg, run_data(stage_cfg, stage_pairs), resume=stage_resume, on_step_end=on_step_end)
         summary = json.loads((stage_dir / "train_summary.json").read_text())
         record["stages"].append({"stage": k, "pairs": len(stage_pairs), "initial_model": model,
                                  "steps": summary["steps"], "run_dir": str(stage_dir)})
@@ -121,18 +122,10 @@ def ranked_rows(cfg: RunConfig, data_source=None, reuse: bool = False) -> list[d
     if not cfg.data.source.startswith("task:"):
         rows = [raw.data for raw in read_rows(cfg.data.source, cfg.data.split)]
         return rows[:cfg.data.limit] if cfg.data.limit is not None else rows
-    from preftune.models import load_causal_lm, load_tokenizer
-    from preftune.tasks import get_task
-    from preftune.tasks.data import build_task_rows
-
-    task = get_task(cfg.data.source.split(":", 1)[1], **cfg.data.task.options)
-    path = cfg.run_dir / "data" / f"{task.name}-ranked.jsonl"
+    path = cfg.run_dir / "data" / f"{source_task(cfg).name}-ranked.jsonl"
     if reuse and path.exists():
         return [raw.data for raw in read_rows(str(path))]
-    tokenizer = load_tokenizer(cfg.model.name_or_path)
-    model = load_causal_lm(cfg.model.name_or_path, cfg.model.dtype, cfg.train.seed, tokenizer).to(_device())
-    rows, stats = build_task_rows(task, cfg.data.task, "listwise", model, tokenizer, cfg.train.seed,
-                                  cfg.train.progress)
+    rows, stats = task_rows(cfg, "listwise")
     write_rows(rows, path)
     path.with_suffix(".stats.json").write_text(json.dumps(stats, indent=1))
     return rows

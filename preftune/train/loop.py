@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from preftune.config import RunConfig, to_dict
 from preftune.data.collate import collate
-from preftune.data.prepare import prepare_data
+from preftune.data.prepare import PreparedData
 from preftune.fastpath import FastPathOptions, batch_logps, capabilities
 from preftune.methods import Objective, build_objective
 from preftune.models import (LoraSettings, Reference, add_lora, load_causal_lm, load_tokenizer,
@@ -43,22 +43,26 @@ def make_accelerator(cfg: RunConfig):
                        cpu=not torch.cuda.is_available())
 
 
-def train(cfg: RunConfig, resume: str | bool | None = None, data_source=None,
+def train(cfg: RunConfig, data: PreparedData, resume: str | bool | None = None,
           on_step_end: Callable[[int, dict], None] | None = None) -> Path:
-    """Train the policy described by `cfg`; returns the run directory.
+    """Train the policy described by `cfg` on `data`; returns the run directory.
 
-    resume: True (latest checkpoint of the run) or a checkpoint path. data_source: rows given in
-    memory instead of cfg.data.source. on_step_end(step, metrics): called after every step
-    (a KeyboardInterrupt raised there, or by Ctrl-C, saves a checkpoint before stopping).
-    A config with a `curriculum:` section runs that curriculum's stages, each an ordinary run
-    (train/curriculum.py); data_source then holds ranked rows.
+    data: the run's tokenized examples (train/sources.py: `run_data(cfg, rows)`). Deciding what
+    they are (a file, rows in memory, a task's on-policy pairs, a curriculum's stages) is the
+    runner's job (train/runner.py: `run_training`, which takes a recipe as the CLI does).
+    resume: True (latest checkpoint of the run) or a checkpoint path. on_step_end(step, metrics):
+    called after every step (a KeyboardInterrupt raised there, or by Ctrl-C, saves a checkpoint
+    before stopping).
     """
     from accelerate.utils import set_seed
 
-    if cfg.curriculum.pairs:  # a sequence of runs over pairs cut from ranked lists (offline.md §4)
-        from preftune.train.curriculum import train_curriculum
-
-        return train_curriculum(cfg, resume=resume, data_source=data_source, on_step_end=on_step_end)
+    if not isinstance(data, PreparedData):
+        raise TypeError("train(cfg, data) trains on prepared data (train.sources.run_data(cfg, rows)); to run a "
+                        "recipe whose data is a file, a task or a curriculum, call "
+                        "preftune.train.runner.run_training(cfg, resume=..., data_source=...)")
+    if cfg.curriculum.pairs:
+        raise ValueError("a curriculum is a sequence of runs (train/curriculum.py); run its recipe with "
+                         "preftune.train.runner.run_training")
     accelerator = make_accelerator(cfg)
     set_seed(cfg.train.seed)
     run_dir = cfg.run_dir
@@ -73,11 +77,7 @@ def train(cfg: RunConfig, resume: str | bool | None = None, data_source=None,
     policy = load_causal_lm(cfg.model.name_or_path, cfg.model.dtype, cfg.train.seed, tokenizer)
     policy.to(accelerator.device)
 
-    # --- on what data (a built-in task's rows are made now, from the initial policy)
-    task_stats = {}
-    if data_source is None and cfg.data.source.startswith("task:"):
-        data_source, task_stats = materialize_task_data(cfg, objective, policy, tokenizer, accelerator)
-    data = prepare_data(cfg.data, tokenizer, objective.input_kind, cfg.train.seed, data_source)
+    # --- in what order: the batch plan, a pure function of (seed, step)
     list_sizes = [len(ex.response_ids) for ex in data.train]  # lists of different K never share a batch
     plan = BatchPlan(len(data.train), cfg.train.batch_size, cfg.train.grad_accum, accelerator.num_processes,
                      cfg.train.seed, cfg.train.steps, cfg.train.epochs, cfg.train.shuffle,
@@ -198,7 +198,7 @@ def train(cfg: RunConfig, resume: str | bool | None = None, data_source=None,
                    "global_batch": plan.global_batch, "processes": accelerator.num_processes,
                    "reference": reference.kind, "reference_cache": reference_cache,
                    "fast_paths": vars(capabilities(policy)), "final_train_metrics": last, "eval": final_eval,
-                   "data": {**data.summary(), **({"task": task_stats} if task_stats else {})}, "model_dir": str(run_dir / "model"),
+                   "data": data.summary(), "model_dir": str(run_dir / "model"),
                    **({"diagnostics": {"every": cfg.diagnostics.every, "examples": len(monitor.examples),
                                        "examples_from": monitor.source}} if monitor is not None else {})}
         (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=1))
@@ -214,31 +214,6 @@ def release_accelerator() -> None:
 
     AcceleratorState._reset_state(reset_partial_state=False)
     GradientState._reset_state()
-
-
-def materialize_task_data(cfg: RunConfig, objective: Objective, policy, tokenizer, accelerator):
-    """Make the rows of a `task:<name>` source on the main process and save them in the run dir.
-
-    Demonstrations when the objective is plain SFT (or data.kind is sft), otherwise on-policy
-    pairs sampled from the initial policy and labelled by the task's gold oracle.
-    """
-    from preftune.tasks import get_task
-    from preftune.tasks.data import build_task_rows, write_jsonl
-
-    task = get_task(cfg.data.source.split(":", 1)[1], **cfg.data.task.options)
-    kind = cfg.data.kind if cfg.data.kind != "auto" else \
-        {"any": "sft", "listwise": "listwise"}.get(objective.input_kind, "pairwise")
-    path = cfg.run_dir / "data" / f"{task.name}-{kind}.jsonl"
-    stats = {}
-    if accelerator.is_main_process:
-        rows, stats = build_task_rows(task, cfg.data.task, kind, accelerator.unwrap_model(policy), tokenizer,
-                                      cfg.train.seed, cfg.train.progress)
-        write_jsonl(rows, path)
-        (path.with_suffix(".stats.json")).write_text(json.dumps(stats, indent=1))
-    accelerator.wait_for_everyone()
-    if not stats:
-        stats = json.loads(path.with_suffix(".stats.json").read_text())
-    return str(path), stats
 
 
 def cache_reference_logps(cfg: RunConfig, reference: Reference, data, plan: BatchPlan, tokenizer, accelerator,
@@ -280,7 +255,7 @@ def compute_objective(objective: Objective, policy, reference: Reference, batch,
     """Reference and auxiliary log-probs (no grad), policy log-probs, then the per-example losses.
 
     The reference comes from its cache when it has one, else from a forward. Log-probs take the
-    fast paths `fast` allows (all by default) where the model supports them (fastpath.py).
+    fast paths `fast` allows (all by default) where the model supports them (fastpath/).
     """
     reference_logps = None
     extras = dict(batch.extras)

@@ -8,14 +8,9 @@ from pathlib import Path
 
 import torch
 
-from preftune.records import Logps, MethodOutput
+from preftune.records import Logps, MethodOutput, response_names
 
-RESPONSE_NAMES = {"pairwise": ["chosen", "rejected"], "pointwise": ["completion", "mismatched"],
-                  "sft": ["target"]}
-
-
-def response_names(kind: str, k: int) -> list[str]:
-    return RESPONSE_NAMES.get(kind, [])[:k] or [f"response_{i}" for i in range(k)]
+__all__ = ["MetricsLogger", "StepMetrics", "read_metrics", "response_names", "truncate_metrics"]
 
 
 class StepMetrics:

@@ -2,7 +2,7 @@
 
 Same rules as config.py: every key is declared with its type and default, unknown keys and wrong
 types are errors that name the key, `--section.key=value` overrides apply on top of the YAML.
-Settings left at "auto" take the method's default schedule (train/online.py, METHOD_DEFAULTS).
+Settings left at "auto" take the method's default schedule (train/online_schedule.py, METHOD_DEFAULTS).
 """
 from __future__ import annotations
 

@@ -122,7 +122,7 @@ class FastSlowAdapters:
         self.model.add_adapter("b", copy.deepcopy(lora_config))
         self.fast, self.slow = "a", "b"
         self.slow_lr_ratio = slow_lr_ratio
-        self.model.set_adapter(self.fast)
+        self.activate(self.fast)
 
     def adapter_parameters(self, adapter: str) -> list[nn.Parameter]:
         return [p for n, p in self.model.named_parameters() if f".{adapter}." in n and "lora_" in n]
@@ -131,18 +131,26 @@ class FastSlowAdapters:
         return [{"params": self.adapter_parameters(self.fast), "lr": lr, "role": "fast"},
                 {"params": self.adapter_parameters(self.slow), "lr": lr * self.slow_lr_ratio, "role": "slow"}]
 
+    def activate(self, adapter: str) -> None:
+        """Forward passes use `adapter` from now on; both adapters stay trainable. peft's set_adapter makes
+        only the active one trainable, and a weight that stops requiring a gradient before backward() gets
+        none: the slow adapter, whose forward runs inside `active`, would never train."""
+        self.model.set_adapter(adapter)
+        for p in self.adapter_parameters(self.fast) + self.adapter_parameters(self.slow):
+            p.requires_grad_(True)
+
     @contextmanager
     def active(self, adapter: str) -> Iterator[None]:
-        """Forward passes inside the block use `adapter` (peft also makes only its weights trainable)."""
-        self.model.set_adapter(adapter)
+        """Forward passes inside the block use `adapter`; afterwards the fast one again."""
+        self.activate(adapter)
         try:
             yield
         finally:
-            self.model.set_adapter(self.fast)
+            self.activate(self.fast)
 
     def swap(self, optimizer: torch.optim.Optimizer) -> None:
         """Exchange the roles: the slow adapter becomes the fast one, and the learning rates follow."""
         self.fast, self.slow = self.slow, self.fast
         groups = {g["role"]: g for g in optimizer.param_groups}
         groups["fast"]["params"], groups["slow"]["params"] = groups["slow"]["params"], groups["fast"]["params"]
-        self.model.set_adapter(self.fast)
+        self.activate(self.fast)
