@@ -12,7 +12,10 @@ What is measured, exactly:
 * tokens/s: real (non-pad) tokens of the concatenated pairs a step trains on, i.e. prompt+chosen
   plus prompt+rejected, the prompt counted twice, as TRL's batch holds it. The same count for both
   libraries (mean over the run's rows times the batch), divided by the median wall time between
-  consecutive step ends after the warm-up steps. Timing runs use bf16 autocast (fp32 weights).
+  consecutive step ends after the warm-up steps. Timing runs use bf16 autocast (fp32 weights) on a
+  CPU with native bf16 (avx512_bf16 or amx_bf16 in /proc/cpuinfo), and fp32 elsewhere: on an
+  AVX2-only CPU bf16 is emulated, many times slower, and would time the emulation. The table
+  prints the CPU's flags and the precision used.
 * peak memory: the process's peak resident set (ru_maxrss, tracked by the kernel) minus its
   resident set after importing torch, transformers, trl and preftune and before loading anything,
   so both count the same libraries. It includes the models, optimizer state, activations, logits
@@ -22,7 +25,7 @@ What is measured, exactly:
 * matmul-peak fraction: model FLOPs per trained token, taken as 6*N for the policy's forward and
   backward plus 2*N for the reference forward (N = parameters that take part in matmuls: all but
   the input embedding, the lm-head included), times tokens/s, divided by the best throughput of a
-  2048x2048 matmul in the same dtype measured at the start of the run. Runs that avoid work (a
+  2048x2048 matmul in the timing precision, measured at the start of the run. Runs that avoid work (a
   shared prompt, a cached reference) still count 8*N per token: the fraction reads as "useful
   work per second", like model-FLOPs utilisation.
 """
@@ -270,13 +273,38 @@ def run_worker(spec: dict) -> dict:
 
 # --------------------------------------------------------------------------- measurements
 
-def matmul_peak(threads: int) -> dict[str, float]:
-    """Best GFLOP/s of a 2048x2048 matmul in fp32 and bf16 (a few repeats, the fastest kept)."""
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+NATIVE_BF16 = {"avx512_bf16", "amx_bf16"}
+
+
+def cpu_flags(cpuinfo: str | None = None) -> list[str]:
+    """Which of CPU_FLAGS the CPU has (from /proc/cpuinfo; empty where it cannot be read)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return []
+    present = {flag for line in cpuinfo.splitlines() if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
+    return [flag for flag in CPU_FLAGS if flag in present]
+
+
+def timing_precision(flags: list[str], requested: str = "auto") -> str:
+    """bf16 where the CPU computes it natively, fp32 where it would be emulated (or as requested)."""
+    if requested != "auto":
+        return requested
+    return "bf16" if NATIVE_BF16 & set(flags) else "fp32"
+
+
+def matmul_peak(threads: int, precisions=("fp32", "bf16")) -> dict[str, float]:
+    """Best GFLOP/s of a 2048x2048 matmul in each precision (a few repeats, the fastest kept). Emulated
+    bf16 is left out by the caller: its probe alone takes minutes on an AVX2-only CPU."""
     import torch
 
     torch.set_num_threads(threads)
     peaks = {}
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        if name not in precisions:
+            continue
         n = 2048
         a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
         a @ b
@@ -300,10 +328,14 @@ def spec_for(shape: Shape, library: str, variant: str, data_path: Path, model_di
 
 def measure(args, work: Path) -> dict:
     shapes = [SHAPES[name] for name in args.shapes]
+    flags = cpu_flags()
+    precision = timing_precision(flags, args.precision)
     results = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
-                           "cpus": os.cpu_count(), "threads": args.threads, "python": platform.python_version()},
-               "command": " ".join(["python", "benchmarks/speed.py", *sys.argv[1:]]),
-               "matmul_peak_gflops": matmul_peak(args.threads), "shapes": {}, "timing": [], "parity": []}
+                           "cpus": os.cpu_count(), "threads": args.threads, "python": platform.python_version(),
+                           "cpu_flags": flags},
+               "command": " ".join(["python", "benchmarks/speed.py", *sys.argv[1:]]), "timing_precision": precision,
+               "matmul_peak_gflops": matmul_peak(args.threads, ("fp32", precision)), "shapes": {}, "timing": [],
+               "parity": []}
     import torch
     import transformers
     import trl
@@ -324,7 +356,7 @@ def measure(args, work: Path) -> dict:
             per_pair = tokens_per_pair(shape, rows, model_dir)
             for library, variant in (PACKING_CONFIGS if data_name == PACKING_DATA else timing_configs):
                 spec = spec_for(shape, library, variant, path, model_dir, (prompt, response), warmup + steps, warmup,
-                                "bf16", "dpo", 1e-5, args.threads)
+                                precision, "dpo", 1e-5, args.threads)
                 plans.append((shape, data_name, per_pair, n_matmul, spec))
         if shape.name in args.parity_shapes:
             prompt, response, spread = shape.data[0][1:]
@@ -356,7 +388,7 @@ def measure(args, work: Path) -> dict:
             print(f"round {repeat + 1}/{args.repeats} {shape.name} {data_name} {spec['library']}/{spec['variant']}: "
                   f"{statistics.median(last['step_seconds']):.2f} s/step, "
                   f"{last['peak_above_baseline_mb']:.0f} MB", flush=True)
-    peak = results["matmul_peak_gflops"]["bf16"]
+    peak = results["matmul_peak_gflops"][precision]
     for i, (shape, data_name, per_pair, n_matmul, spec) in enumerate(plans):
         runs = raw[i]
         step_s = [statistics.median(r["step_seconds"]) for r in runs]
@@ -412,12 +444,17 @@ def targets(results) -> list[tuple[str, str, bool]]:
 
 
 def markdown(results) -> str:
+    flags = results["machine"].get("cpu_flags")
+    precision = results.get("timing_precision", "bf16")  # runs made before flags were recorded timed in bf16
+    flag_text = "not recorded by this run" if flags is None else " ".join(flags) or f"none of {' '.join(CPU_FLAGS)}"
+    peaks = ", ".join(f"{value:.0f} GFLOP/s {name}" for name, value in results["matmul_peak_gflops"].items())
     lines = [f"Command: `{results['command']}`  ",
              f"Machine: {results['machine']['platform']}, {results['machine']['cpus']} CPUs, "
              f"{results['machine']['threads']} threads; torch {results['versions']['torch']}, transformers "
              f"{results['versions']['transformers']}, trl {results['versions']['trl']}  ",
-             f"Matmul peak (2048x2048): {results['matmul_peak_gflops']['fp32']:.0f} GFLOP/s fp32, "
-             f"{results['matmul_peak_gflops']['bf16']:.0f} GFLOP/s bf16", ""]
+             f"CPU flags: {flag_text}; timings in {precision}"
+             f"{' autocast with fp32 weights' if precision == 'bf16' else ''}  ",
+             f"Matmul peak (2048x2048): {peaks}", ""]
     for name, shape in results["shapes"].items():
         lines.append(f"- **{name}**: Llama, d={shape['hidden']}, {shape['layers']} layers, vocabulary "
                      f"{shape['vocab'] or 259}, {'tied' if shape['tied'] else 'untied'} head, "
@@ -468,6 +505,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds; medians are reported")
     parser.add_argument("--steps", type=int, default=0, help="timed steps per run (0: the shape's default)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                        help="timing precision (auto: bf16 where the CPU has avx512_bf16 or amx_bf16, else fp32)")
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     parser.add_argument("--parity-shapes", nargs="*", default=None, help="shapes with a loss-parity check (default: all)")
     parser.add_argument("--parity-lr", type=float, default=1e-4)

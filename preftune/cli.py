@@ -104,6 +104,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, help="online recipe (configs/online/<method>.yaml)")
     p.add_argument("--resume", action="store_true", help="continue a stopped run at the iteration it stopped in")
 
+    p = sub.add_parser("push", help="upload a run's model, with its model card, to the Hugging Face Hub",
+                       description="Upload the model directory of a run (RUN/model: weights, tokenizer and the model "
+                                   "card README.md that training wrote) to a Hub repository, creating it if needed. "
+                                   "Needs a login (`hf auth login` or HF_TOKEN) and the network; HF_ENDPOINT picks "
+                                   "another Hub.")
+    p.add_argument("run", type=Path, metavar="RUN_DIR", help="a run directory (or its model/ directory)")
+    p.add_argument("--repo", required=True, metavar="OWNER/NAME", help="the Hub model repository")
+    p.add_argument("--private", action="store_true", help="create the repository as private")
+    p.add_argument("--token", help="a Hub token (default: the login or HF_TOKEN)")
+
     from preftune import cli_measure
 
     cli_measure.add_parsers(sub, _Formatter)
@@ -146,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unrecognised arguments: {' '.join(extras)}")
     handler = {"train": cmd_train, "sft": cmd_train, "eval": cmd_eval, "generate": cmd_generate,
                "methods": cmd_methods, "verify": cmd_verify, "quickstart": cmd_quickstart,
-               "online": cmd_online, **cli_measure.HANDLERS, **cli_rl.HANDLERS}[args.command]
+               "online": cmd_online, "push": cmd_push, **cli_measure.HANDLERS, **cli_rl.HANDLERS}[args.command]
     import preftune.train  # noqa: F401  (registers the built-in models a training run makes: builtin:arithmetic-sft)
     from preftune.config import ConfigError
     from preftune.data.formats import DataError
@@ -175,7 +185,8 @@ def cmd_train(args, overrides: list[str]) -> int:
     if not PartialState().is_main_process:  # one report per distributed run
         return 0
     summary = json.loads((run_dir / "train_summary.json").read_text())
-    print(f"trained {summary['objective']} for {summary['steps']} steps; model: {summary['model_dir']}")
+    print(f"trained {summary['objective']} for {summary['steps']} steps; model: "
+          f"{summary['model_dir'] or 'not saved (train.save_model: false)'}")
     print(f"run directory: {run_dir}")
     return 0
 
@@ -186,6 +197,10 @@ def cmd_online(args, overrides: list[str]) -> int:
 
     cfg = load_online_config(args.config, overrides)
     run_dir = run_online(cfg, resume=args.resume)
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:  # one report per distributed run
+        return 0
     summary = json.loads((run_dir / "online_summary.json").read_text())
     keys = [k for k in ("duality_gap", "win_rate_vs_initial", "sampled_win_rate_vs_initial", "gold_score")
             if k in summary["iterations"][0]]
@@ -195,6 +210,18 @@ def cmd_online(args, overrides: list[str]) -> int:
     for row in summary["iterations"]:
         print(f"{row['iteration']:>9}  " + "  ".join(f"{row.get(k, float('nan')):>28.4f}" for k in keys))
     print(f"run directory: {run_dir} (online_summary.json, online_curve.png, iterations/)")
+    return 0
+
+
+def cmd_push(args, _) -> int:
+    from preftune.hub import PushError, push
+
+    try:
+        url = push(args.run, args.repo, private=args.private, token=args.token)
+    except PushError as error:
+        print(f"preftune push: error: {error}", file=sys.stderr)
+        return 1
+    print(f"uploaded {args.run} to {url}")
     return 0
 
 

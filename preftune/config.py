@@ -88,7 +88,9 @@ class TrainConfig:
     precision: str = "fp32"              # fp32 | bf16 (autocast; weights stay in model.dtype)
     seed: int = 0
     log_every: int = 1
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])  # accelerate trackers (wandb, mlflow, ...); [] none
     checkpoint_every: int = 0            # 0: only the final model
+    save_model: bool = True              # false: no final model/ (benchmarks, sweeps that keep metrics only)
     keep_checkpoints: int = 2
     eval_every: int = 0                  # 0: evaluate held-out data only at the end (if any)
     progress: bool = True

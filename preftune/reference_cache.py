@@ -22,6 +22,7 @@ import contextlib
 import hashlib
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -208,11 +209,15 @@ def concat(tables: list[ReferenceLogpsCache]) -> ReferenceLogpsCache:
 
 def compute_reference_logps(model: nn.Module, examples: list[TokenizedExample], ids: list[int], pad_token_id: int,
                             batch_size: int, token_level: bool, logps_fn: Callable, device,
-                            autocast=None, progress: bool = False) -> ReferenceLogpsCache:
+                            autocast=None, progress: bool = False,
+                            save_partial: Callable[[ReferenceLogpsCache], None] | None = None,
+                            save_every: float = 60.0) -> ReferenceLogpsCache:
     """One no-grad pass of `model` over `examples[i]` for i in `ids`, in eval mode.
 
     Batches hold examples with the same number of responses, sorted by length so that little
     padding is computed. `logps_fn(model, batch, token_level)` is the log-prob path to use.
+    save_partial(table so far) is called at most every `save_every` seconds (0: after every
+    batch), so that a pass that dies leaves what it computed for the next run.
     """
     by_size: dict[int, list[int]] = {}
     for i in ids:
@@ -224,14 +229,21 @@ def compute_reference_logps(model: nn.Module, examples: list[TokenizedExample], 
     parts = [ReferenceLogpsCache.empty(token_level)]
     modes = {module: module.training for module in model.modules()}
     model.eval()  # a reference never runs dropout
+    saved = time.monotonic()
     try:
-        for chosen in tqdm(batches, disable=not progress, desc="reference log-probs", dynamic_ncols=True):
+        for number, chosen in enumerate(tqdm(batches, disable=not progress, desc="reference log-probs",
+                                             dynamic_ncols=True)):
+            if save_partial is not None and number and time.monotonic() - saved >= save_every:
+                save_partial(concat(parts))
+                saved = time.monotonic()
             batch = collate([examples[i] for i in chosen], pad_token_id, example_ids=chosen).to(device)
             with torch.no_grad(), (autocast() if autocast is not None else contextlib.nullcontext()):
                 logps = logps_fn(model, batch, token_level)
             parts.append(ReferenceLogpsCache(
                 torch.tensor(chosen), torch.full((len(chosen),), batch.num_responses), logps.sum.float().flatten().cpu(),
                 logps.length.float().flatten().cpu(), logps.tokens[logps.mask].float().cpu() if token_level else None))
+        if save_partial is not None and len(parts) > 1:
+            save_partial(concat(parts))  # the whole share: kept even if gathering the shares never happens
     finally:
         for module, training in modes.items():
             module.training = training
@@ -240,17 +252,22 @@ def compute_reference_logps(model: nn.Module, examples: list[TokenizedExample], 
 
 def prepare_reference_cache(reference, examples: list[TokenizedExample], needed: list[int], *, cache_dir: Path,
                             precision: str, token_level: bool, pad_token_id: int, batch_size: int,
-                            logps_fn: Callable, accelerator, progress: bool = False) -> tuple[ReferenceLogpsCache, dict]:
+                            logps_fn: Callable, accelerator, progress: bool = False,
+                            save_every: float = 60.0) -> tuple[ReferenceLogpsCache, dict]:
     """Load the cache for (examples, reference weights, precision), computing what it lacks.
 
-    Each process computes a share of the missing examples; the shares are gathered so that every
-    process holds the whole table, and the main process writes the file. Returns the table and a
-    summary for train_summary.json.
+    Each process computes a share of the missing examples and saves what it has so far every
+    `save_every` seconds in a part file beside the cache; the shares are gathered once, so that
+    every process holds the whole table, and the main process writes the file. A pass that dies
+    (a killed process, a lost machine) leaves its part files, which the next run merges in and
+    does not compute again. Returns the table and a summary for train_summary.json.
     """
     key = cache_key(data_fingerprint(examples), reference_fingerprint(reference), precision)
     path = Path(cache_dir) / f"{key}.pt"
-    # The main process reads the file and every process takes its copy, so all agree on what is missing.
-    table = ReferenceLogpsCache.load(path) if accelerator.is_main_process else None
+    meta = {"examples": len(examples), "precision": precision, "token_level": token_level}
+    # The main process reads the file, with what an interrupted pass left, and every process takes
+    # its copy, so all agree on what is missing.
+    table = load_with_parts(path, meta) if accelerator.is_main_process else None
     if accelerator.num_processes > 1:
         from accelerate.utils import broadcast_object_list
 
@@ -261,16 +278,42 @@ def prepare_reference_cache(reference, examples: list[TokenizedExample], needed:
     summary = {"path": str(path), "reused": len(needed) - len(missing), "computed": len(missing)}
     if not missing:
         return table, summary
+    # Each process computes its share and keeps what it has in a part file of its own as it goes;
+    # the shares are gathered once at the end.
     share = missing[accelerator.process_index::accelerator.num_processes]
+    part = part_path(path, accelerator.process_index)
     with reference.model(accelerator.unwrap_model) as model:
         computed = compute_reference_logps(model, examples, share, pad_token_id, batch_size, token_level, logps_fn,
-                                           accelerator.device, accelerator.autocast, progress)
+                                           accelerator.device, accelerator.autocast, progress,
+                                           save_partial=lambda done: done.save(part, meta), save_every=save_every)
     if accelerator.num_processes > 1:
         from accelerate.utils import gather_object
 
         computed = concat(gather_object([computed]))
     table = computed if table is None else table.merged(computed)
     if accelerator.is_main_process:
-        table.save(path, {"examples": len(examples), "precision": precision, "token_level": token_level})
+        table.save(path, meta)
     accelerator.wait_for_everyone()
+    part.unlink(missing_ok=True)  # everything in it is in the table now
     return table, summary
+
+
+def part_path(path: Path, rank: int) -> Path:
+    """Where process `rank` keeps the values it has computed so far (beside the cache file)."""
+    return path.with_name(f"{path.stem}.part-{rank}-{os.getpid()}.pt")
+
+
+def load_with_parts(path: Path, meta: dict) -> "ReferenceLogpsCache | None":
+    """The cache file merged with the part files an interrupted pass left beside it (any number of
+    processes, any run). The merge is written back and the parts removed, so they are read once."""
+    table = ReferenceLogpsCache.load(path)
+    parts = sorted(path.parent.glob(f"{path.stem}.part-*.pt"))
+    for part in parts:
+        found = ReferenceLogpsCache.load(part)
+        if found is not None and (table is None or found.has_tokens == table.has_tokens):
+            table = found if table is None else table.merged(found)
+    if parts and table is not None:
+        table.save(path, meta)
+    for part in parts:
+        part.unlink(missing_ok=True)
+    return table

@@ -30,7 +30,7 @@ LAYERS = (
     # Measuring, judging, generating; the plots, which take data and draw it.
     ("measuring", ("preftune.eval", "preftune.judges", "preftune.tasks", "preftune.sampling", "preftune.report")),
     # Loading and saving models, caches, typed recipes.
-    ("models", ("preftune.models", "preftune.reference_cache", "preftune.config")),
+    ("models", ("preftune.models", "preftune.reference_cache", "preftune.config", "preftune.hub")),
     # Pure objectives, their exact checks, and registries of what the library offers.
     ("methods", ("preftune.methods", "preftune.tabular", "preftune.rl.methods", "preftune.diffusion.methods",
                  "preftune.analysis_tools",

@@ -508,7 +508,7 @@ def test_beta_dpo_filter_keeps_pairs_as_successive_draws_without_replacement():
     expected = [w[i] / W * w[j] / (W - w[i]) + w[j] / W * w[i] / (W - w[j]) for i, j in pairs]
     counts = {p: 0 for p in pairs}
     for _ in range(draws):
-        kept = tuple(torch.nonzero(state.draw_kept(torch.tensor(margins, dtype=F64), 2)).flatten().tolist())
+        kept = tuple(torch.nonzero(state.draw_kept(torch.tensor(margins, dtype=F64), 0.5)[0]).flatten().tolist())
         counts[kept] += 1
     assert sum(expected) == pytest.approx(1.0)
     assert chisquare([counts[p] for p in pairs], [draws * e for e in expected]).pvalue > 1e-3

@@ -377,3 +377,39 @@ def test_the_loop_takes_a_local_reward_model_as_its_judge(tmp_path):
     pairs = read_jsonl(run_dir / "iterations" / "iter-000" / "pairs.jsonl")
     assert pairs and all(0 < p["preference"] < 1 for p in pairs)  # Bradley-Terry probabilities, not hard labels
     assert summary["judge"][0]["requests"] > 0 and summary["judge"][0]["failed"] == 0
+
+
+@pytest.mark.slow
+def test_two_processes_share_the_sampling_judging_and_training_and_end_with_one_model(tmp_path):
+    """online_dpo for 2 iterations on 2 processes (tests/distributed_online.py): each samples and judges every
+    other prompt, the rows are gathered, each trains on its half of every batch with averaged gradients."""
+    import os
+    import subprocess
+    import sys
+    import types
+
+    from preftune.tasks import get_task
+    from preftune.train.online_collect import prompts_for
+
+    root = Path(__file__).resolve().parents[1]
+    overrides = [*tiny_overrides(tmp_path), "--prompts_per_iteration=8", "--name=two"]
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           str(root / "tests" / "distributed_online.py"), str(root / "configs" / "online" / "online_dpo.yaml"),
+                           str(tmp_path), *overrides], env={**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"},
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    digests = {(tmp_path / f"rank-{r}.txt").read_text() for r in (0, 1)}
+    assert len(digests) == 1  # every process took the same steps
+    run_dir = tmp_path / "two"
+    summary = json.loads((run_dir / "online_summary.json").read_text())
+    assert summary["processes"] == 2 and [r["iteration"] for r in summary["iterations"]] == [0, 1, 2]
+    cfg = load_online_config(root / "configs" / "online" / "online_dpo.yaml", overrides)
+    loop = types.SimpleNamespace(cfg=cfg, train_prompts=get_task(cfg.task).prompts("train"))
+    random.Random(cfg.train.seed).shuffle(loop.train_prompts)
+    for t in (0, 1):
+        directory = run_dir / "iterations" / f"iter-{t:03d}"
+        samples, pairs, steps = (read_jsonl(directory / f) for f in ("samples.jsonl", "pairs.jsonl", "metrics.jsonl"))
+        assert sorted(s["prompt"] for s in samples) == sorted(prompts_for(loop, t))  # every prompt once, both shares
+        assert pairs and [s["step"] for s in steps] == [1, 2]  # the main process logs each step once
+        row = summary["iterations"][t + 1]
+        assert row["full/rows"] == len(pairs) and row["full/samples"] == 16

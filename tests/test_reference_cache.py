@@ -181,3 +181,33 @@ def test_two_processes_fill_the_cache_together_and_match_a_live_single_process_r
     for a, b in zip(*[[json.loads(line) for line in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
                       for d in ("one", "two")]):
         assert math.isclose(a["loss"], b["loss"], abs_tol=1e-5), (a, b)
+
+
+@pytest.mark.slow
+def test_a_pass_whose_process_dies_leaves_a_cache_the_next_run_completes(tmp_path, tokenizer):
+    """Two processes fill the cache; process 1 is killed after 3 of its 6 batches (process 0 is then stopped
+    by torchrun, wherever it was). The next run takes what both saved, computes only the rest, and
+    ends with the values one process computes for all 48 examples."""
+    script = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+              str(ROOT / "tests" / "distributed_reference_cache.py"), str(tmp_path / "cache"), str(tmp_path / "out.json")]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    died = subprocess.run([*script, "--die-after", "3"], env=env, capture_output=True, text=True)
+    assert died.returncode != 0 and not (tmp_path / "out.json").exists()
+    parts = list((tmp_path / "cache").glob("*.part-*.pt"))
+    left = sum(len(ReferenceLogpsCache.load(part)) for part in parts)
+    assert parts and 12 <= left < 48  # process 1's first 3 batches of 4, and whatever process 0 had done
+
+    again = subprocess.run(script, env=env, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-3000:]
+    summary = json.loads((tmp_path / "out.json").read_text())
+    assert (summary["reused"], summary["computed"]) == (left, 48 - left)
+    assert not list((tmp_path / "cache").glob("*.part-*.pt"))  # merged into the cache file, then removed
+
+    examples = Tokenization(tokenizer, 24, 12).many(load_examples(ROWS)[0])
+    torch.manual_seed(0)
+    model = build_tiny_model(tokenizer, seed=0)
+    whole = compute_reference_logps(model, examples, list(range(48)), tokenizer.pad_token_id, 4, False,
+                                    lambda m, b, t: batch_logps(m, b, t), "cpu")
+    got = dict(zip(summary["ids"], torch.tensor(summary["sums"]).view(-1, 2).tolist()))
+    for i, values in zip(whole.ids.tolist(), whole.sums.view(-1, 2).tolist()):
+        assert got[i] == pytest.approx(values, abs=1e-5), i

@@ -27,7 +27,7 @@ def render(page: Path, profile: Path) -> str:
     out = subprocess.run(
         [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
-         "--virtual-time-budget=10000", "--dump-dom", page.resolve().as_uri()],
+         "--window-size=1280,900", "--virtual-time-budget=10000", "--dump-dom", page.resolve().as_uri()],
         capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     return out.stdout
@@ -138,6 +138,10 @@ def test_online_report_shows_the_duality_gap_per_iteration(online_run, tmp_path)
     assert "duality gap" in dom
     for row in rows:  # every iteration's gap is a cell of the table
         assert f"{row['duality_gap']:.4g}" in dom
+    # The judge's counters are shown, and the page fits a 1280-pixel window (no sideways scrolling).
+    assert "judge counters" in dom and ">answered<" in dom and ">unparseable<" in dom
+    width, window = map(int, re.search(r'data-width="(\d+)/(\d+)"', dom).groups())
+    assert window == 1280 and width <= window, (width, window)
 
 
 def test_training_report_shows_skipped_rows_and_truncation(tmp_path):

@@ -177,6 +177,9 @@ def test_metrics_cover_what_users_watch(tiny_sft_model, pairs_file, tmp_path):
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     summary = json.loads((run_dir / "train_summary.json").read_text())
     assert summary["data"]["train_examples"] == 72 and summary["data"]["eval_examples"] == 24
+    card = (run_dir / "model" / "README.md").read_text()  # the model card (preftune/hub.py)
+    assert "| training examples | 72 |" in card and "| held-out examples | 24 |" in card
+    assert f"| eval/loss | {logged[-1]['eval/loss']:.4g} |" in card and "dpo:\n  beta: 0.5" in card
 
 
 def test_sigterm_saves_the_last_completed_step(tiny_sft_model, pairs_file, tmp_path):

@@ -11,9 +11,10 @@ from preftune.records import Logps
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The module under DDP / DataParallel / torch.compile wrappers (a PeftModel stays a PeftModel)."""
+    """The module under DDP / DataParallel / DeepSpeed / torch.compile wrappers (a PeftModel stays a PeftModel)."""
     while True:
-        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)) or \
+                type(model).__name__ == "DeepSpeedEngine":
             model = model.module
         elif hasattr(model, "_orig_mod"):
             model = model._orig_mod
@@ -29,10 +30,12 @@ def core_model(model: nn.Module) -> nn.Module:
 
 def output_head(model: nn.Module) -> nn.Linear | None:
     """The lm-head when it is a plain nn.Linear the chunked path can apply itself (not, e.g., a
-    LoRA-wrapped or quantised head)."""
+    LoRA-wrapped, quantised or FSDP-sharded head, nor one whose weight DeepSpeed ZeRO-3 has
+    partitioned: those hold their whole weight only inside their own forward)."""
     core = core_model(model)
     head = core.get_output_embeddings() if hasattr(core, "get_output_embeddings") else None
-    return head if type(head) is nn.Linear else None
+    partitioned = getattr(getattr(head, "weight", None), "ds_id", None) is not None
+    return head if type(head) is nn.Linear and not partitioned else None
 
 
 def sliding_window(config) -> int | None:

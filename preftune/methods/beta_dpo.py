@@ -18,11 +18,11 @@ class MarginStatistics(MethodState):
     """beta-DPO's running state: EMAs of the batch mean and std of the margins, and the filter's RNG.
 
     Zero-initialised, as in the official code. `update` folds a batch in (all processes' margins,
-    through `sync`) before the loss uses the statistics, so they include the current batch. The
+    through `processes`) before the loss uses the statistics, so they include the current batch. The
     filter draws from its own generator, seeded from the run's seed (torch.initial_seed() when the
-    objective is built) unless `seed` is given; its state is checkpointed with the EMAs, so a resumed
-    run draws the same subsets as an uninterrupted one. A frozen state (evaluation) neither updates
-    nor draws.
+    objective is built, the same on every process) unless `seed` is given; its state is checkpointed
+    with the EMAs, so a resumed run draws the same subsets as an uninterrupted one. A frozen state
+    (evaluation) neither updates nor draws, and uses its own process's batch.
     """
 
     def __init__(self, seed: int | None = None) -> None:
@@ -32,15 +32,12 @@ class MarginStatistics(MethodState):
         self.updates = 0
         self.generator = torch.Generator().manual_seed(torch.initial_seed() if seed is None else seed)
 
-    def _sum_over_processes(self, stats: Tensor) -> Tensor:
-        return stats if self.sync is None else self.sync(stats)
-
     def update(self, margins: Tensor, momentum: float) -> None:
         """mean <- momentum mean + (1 - momentum) batch mean; std likewise with the batch std (unbiased)."""
         if self.frozen:
             return
         m = margins.detach().double().flatten()
-        n, total, squares = self._sum_over_processes(torch.stack([
+        n, total, squares = self.sum_over_processes(torch.stack([
             torch.tensor(float(m.numel()), dtype=m.dtype, device=m.device), m.sum(), (m * m).sum()])).tolist()
         batch_mean = total / n
         batch_var = max(squares - n * batch_mean ** 2, 0.0) / (n - 1) if n > 1 else 0.0
@@ -48,25 +45,36 @@ class MarginStatistics(MethodState):
         self.std = momentum * self.std + (1 - momentum) * math.sqrt(batch_var)
         self.updates += 1
 
-    def draw_kept(self, margins: Tensor, count: int) -> Tensor:
-        """(B,) bool: `count` examples drawn without replacement with probability ~ exp(-(M - mean)^2 / (2 std^2)).
+    def draw_kept(self, margins: Tensor, filter_ratio: float) -> tuple[Tensor, float]:
+        """Keep floor((1 - filter_ratio) n) (at least one) of the n margins of the global batch, drawn
+        without replacement with probability ~ exp(-(M - mean)^2 / (2 std^2)); returns this process's
+        (B,) bool share of the kept set and n / (number kept).
 
-        Gumbel top-k: the `count` largest log w_i + G_i (G_i standard Gumbel) are distributed as
-        successive draws without replacement proportional to w (Kool et al. 2019), and log-weights
-        never underflow the way the weights themselves do for outlying margins.
+        The global batch is every process's margins gathered in rank order (a frozen state keeps them
+        all). Every process draws the same numbers from its generator (seeded alike, advanced alike),
+        so all agree on the kept set without another exchange. Gumbel top-k: the `count` largest
+        log w_i + G_i (G_i standard Gumbel) are distributed as successive draws without replacement
+        proportional to w (Kool et al. 2019), and log-weights never underflow as the weights would.
         """
+        size = margins.shape[0]
+        everyone = margins.detach() if self.frozen else self.processes.gather(margins.detach())
+        n = everyone.shape[0]
+        count = max(1, math.floor(round((1 - filter_ratio) * n, 9)))
+        if self.frozen or count == n:
+            return torch.ones(size, dtype=torch.bool, device=margins.device), 1.0
         std = max(self.std, 1e-12)
-        log_weight = -(margins.detach().double().cpu() - self.mean) ** 2 / (2 * std ** 2)
-        uniform = torch.rand(margins.shape[0], generator=self.generator, dtype=torch.float64)
+        log_weight = -(everyone.double().cpu() - self.mean) ** 2 / (2 * std ** 2)
+        uniform = torch.rand(n, generator=self.generator, dtype=torch.float64)
         gumbel = -torch.log(-torch.log(uniform.clamp(1e-300, 1.0)))
-        kept = torch.zeros(margins.shape[0], dtype=torch.bool)
+        kept = torch.zeros(n, dtype=torch.bool)
         kept[torch.topk(log_weight + gumbel, count).indices] = True
-        return kept.to(margins.device)
+        start = self.processes.rank * size if not self.frozen else 0
+        return kept[start:start + size].to(margins.device), n / count
 
     def kept_mean(self, margins: Tensor, kept: Tensor) -> float:
         """Mean of the kept margins over all processes."""
         m = margins.detach().double()
-        count, total = self._sum_over_processes(torch.stack([kept.double().sum(), (m * kept).sum()])).tolist()
+        count, total = self.sum_over_processes(torch.stack([kept.double().sum(), (m * kept).sum()])).tolist()
         return total / count
 
     def state_dict(self) -> dict[str, Any]:
@@ -84,9 +92,8 @@ class MarginStatistics(MethodState):
           "arXiv 2407.08639 (the baseline of MADPO, arXiv 2510.05342, catalogue seed 'madpo')",
     taxonomy=taxonomy(["pairwise", "data-quality", "data-filtering"], ["offline"],
                       ["fixed-reference", "reverse-kl", "dynamic-beta"]),
-    reconstructed="under DDP each process draws its own kept subset of its local batch with the global "
-                  "statistics (the official code draws from the all-gathered batch); under gradient "
-                  "accumulation every micro-batch is one beta-DPO batch",
+    reconstructed="under gradient accumulation every micro-batch is one beta-DPO batch (its margins "
+                  "gathered over all processes, as the official code gathers the batch)",
 )
 def beta_dpo(policy: Logps, reference: Logps, *, beta: float = 0.1, alpha: float = 0.6, filter_ratio: float = 0.2,
              momentum: float = 0.9, state: MarginStatistics | None = None) -> MethodOutput:
@@ -97,7 +104,8 @@ def beta_dpo(policy: Logps, reference: Logps, *, beta: float = 0.1, alpha: float
       2. EMAs, zero-initialised, updated BEFORE the loss (so they include this batch):
          M0 <- momentum M0 + (1 - momentum) mean(M),  sigma <- momentum sigma + (1 - momentum) std(M);
       3. keep floor((1 - filter_ratio) B) examples (at least one), drawn without replacement with
-         probability ~ exp(-(M_i - M0)^2 / (2 sigma^2));
+         probability ~ exp(-(M_i - M0)^2 / (2 sigma^2)); B is the global batch (every process's
+         margins gathered, as the official code does), so W processes draw what one would;
       4. beta_batch = max(beta (1 + alpha (mean_kept M - M0)), 1e-3), detached;
       5. L = mean over kept of l(beta_batch M_i).
     The filtered mean is a batch-level reduction; it is expressed per example as
@@ -114,14 +122,8 @@ def beta_dpo(policy: Logps, reference: Logps, *, beta: float = 0.1, alpha: float
     ratios = log_ratios(policy, reference)
     margins = ratios[:, 0] - ratios[:, 1]
     state.update(margins, momentum)
-    size = margins.shape[0]
-    count = max(1, math.floor(round((1 - filter_ratio) * size, 9)))
-    if state.frozen or count == size:
-        kept = torch.ones(size, dtype=torch.bool, device=margins.device)
-    else:
-        kept = state.draw_kept(margins, count)
+    kept, scale = state.draw_kept(margins, filter_ratio)
     batch_beta = max(beta * (1 + alpha * (state.kept_mean(margins, kept) - state.mean)), 1e-3)
-    scale = size / int(kept.sum())
     loss = torch.where(kept, neg_log_sigmoid(batch_beta * margins) * scale, torch.zeros_like(margins))
     rewards = batch_beta * ratios
     metrics = pairwise_metrics(rewards[:, 0], rewards[:, 1])

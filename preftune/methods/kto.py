@@ -5,17 +5,18 @@ import torch
 
 from preftune.methods.common import log_ratios
 from preftune.methods.registry import register, tabular_check, taxonomy
+from preftune.methods.state import BatchStatistics
 from preftune.records import Logps, MethodOutput
 
 
 @register(
     name="kto", seed=None, family="offline-pointwise", input_kind="pointwise", needs_reference=True,
-    status="stable", extras=("label",),
+    status="stable", extras=("label",), state=BatchStatistics,
     paper="Ethayarajh et al. 2024, KTO: Model Alignment as Prospect Theoretic Optimization, arXiv 2402.01306",
     taxonomy=taxonomy(["pointwise", "unpaired"], ["offline"], ["fixed-reference", "reverse-kl"]),
 )
 def kto(policy: Logps, reference: Logps, *, label, beta: float = 0.1, desirable_weight: float = 1.0,
-        undesirable_weight: float = 1.0) -> MethodOutput:
+        undesirable_weight: float = 1.0, state: BatchStatistics | None = None) -> MethodOutput:
     """Prospect-theoretic value of the implicit reward against a KL reference point z0.
 
     r = log pi(y|x)/pi_ref(y|x) for the completion (response 0) and
@@ -25,10 +26,14 @@ def kto(policy: Logps, reference: Logps, *, label, beta: float = 0.1, desirable_
     (Eq. 8 of the paper); the data layer puts the mismatched completion y' of another prompt in
     response 1. With K = 1 (no mismatched completion) z0 = 0.
     label: (B,) bool, True for a desirable completion. beta 0.1, lambda_D = lambda_U = 1.
+    state: filled by the objective; the mean is then over the whole global batch, every process's
+    share of it (the paper's z0 is one number per batch). Each mismatched completion still comes
+    from the same process's micro-batch. Without a state: this batch alone.
     """
     ratios = log_ratios(policy, reference)
     if ratios.shape[1] > 1:
-        z0 = ratios[:, 1].detach().mean().clamp_min(0)
+        mismatched = ratios[:, 1].detach()
+        z0 = (mismatched.mean() if state is None else state.mean(mismatched)).clamp_min(0)
     else:
         z0 = torch.zeros((), dtype=ratios.dtype, device=ratios.device)
     r = ratios[:, 0]

@@ -9,6 +9,7 @@ from typing import Any, Callable, Iterator, Mapping
 from torch import Tensor
 
 from preftune.methods.registry import STATE_ARGUMENT, MethodSpec, get
+from preftune.methods.state import CrossProcess
 from preftune.records import Logps, MethodOutput
 
 
@@ -24,9 +25,10 @@ class Objective:
     """The training objective: sum_i weight_i * method_i(...), per example.
 
     It tells the trainer what to compute (reference log-probs, per-token log-probs, data
-    extras) as the union of what its terms declared. It also owns the running state of its
-    stateful terms (methods/state.py) and exposes it to the trainer for syncing, freezing
-    during evaluation and checkpointing (`state_dict` / `load_state_dict`, as accelerate expects).
+    extras) as the union of what its terms declared. It also owns the state of its stateful terms
+    (methods/state.py) and exposes it to the trainer: the processes to reduce batch statistics
+    over, freezing during evaluation, and checkpointing of running statistics (`state_dict` /
+    `load_state_dict`, as accelerate expects).
     """
 
     def __init__(self, terms: list[Term]):
@@ -53,15 +55,23 @@ class Objective:
 
     @property
     def has_state(self) -> bool:
-        return any(t.state is not None for t in self.terms)
+        """Whether a term carries statistics from batch to batch (then the run checkpoints them)."""
+        return bool(self._running())
 
     def _stateful(self) -> list[tuple[str, Any]]:
         return [(f"{i}:{t.spec.name}", t.state) for i, t in enumerate(self.terms) if t.state is not None]
 
+    def _running(self) -> list[tuple[str, Any]]:
+        return [(key, state) for key, state in self._stateful() if getattr(state, "running", True)]
+
+    def set_processes(self, processes: CrossProcess) -> None:
+        """Take every batch statistic over these processes (train/distributed.py builds them)."""
+        for _, state in self._stateful():
+            state.processes = processes
+
     def sync_state(self, sync: Callable[[Tensor], Tensor]) -> None:
         """Make every state sum its per-batch statistics over processes with `sync` (e.g. an all-reduce)."""
-        for _, state in self._stateful():
-            state.sync = sync
+        self.set_processes(CrossProcess(sum=sync))
 
     @contextmanager
     def frozen_state(self) -> Iterator[None]:
@@ -77,10 +87,10 @@ class Objective:
                 state.frozen = was
 
     def state_dict(self) -> dict[str, Any]:
-        return {key: state.state_dict() for key, state in self._stateful()}
+        return {key: state.state_dict() for key, state in self._running()}
 
     def load_state_dict(self, saved: Mapping[str, Any]) -> None:
-        stateful = dict(self._stateful())
+        stateful = dict(self._running())
         if set(saved) != set(stateful):
             raise ValueError(f"checkpoint holds running state for {sorted(saved)}, "
                              f"objective {self.describe()} has {sorted(stateful)}")

@@ -78,7 +78,7 @@ class MethodSpec:
     paper: str
     reconstructed: str | None = None
     no_check_reason: str | None = None
-    state_factory: Callable[[], Any] | None = None  # running state across batches (methods/state.py)
+    state_factory: Callable[[], Any] | None = None  # running state, or batch statistics over processes (methods/state.py)
     check: Callable[..., list[CheckResult]] | None = field(default=None, repr=False)
 
     @property
@@ -117,7 +117,7 @@ class MethodSpec:
             "status": self.status,
             "paper": self.paper,
             "reconstructed": self.reconstructed,
-            "running_state": self.state_factory is not None,
+            "running_state": self.state_factory is not None and getattr(self.state_factory, "running", True),
             "tabular_check": "yes" if self.check else f"none: {self.no_check_reason}",
             "summary": self.summary,
         }
@@ -154,8 +154,9 @@ def register(*, name: str, seed: str | None, family: str, input_kind: str, needs
              state: Callable[[], Any] | None = None):
     """Decorator that adds a method function to the registry (see the module docstring).
 
-    state: a factory for the method's running state across batches (methods/state.py); the
-    function then takes a keyword-only argument `state=None`, filled by the objective.
+    state: a factory for the method's running state across batches, or `BatchStatistics` for a
+    statistic of the current batch taken over all processes (methods/state.py); the function
+    then takes a keyword-only argument `state=None`, filled by the objective.
     """
 
     def decorate(fn: Callable) -> Callable:

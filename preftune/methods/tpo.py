@@ -8,33 +8,40 @@ from torch import Tensor
 
 from preftune.methods.common import neg_log_sigmoid
 from preftune.methods.registry import register, tabular_check, taxonomy
+from preftune.methods.state import BatchStatistics
 from preftune.records import Logps, MethodOutput, pairwise_metrics
 
 GOLD = 2  # response index of the gold answer: data `extra_responses: [gold]` comes after chosen, rejected
 
 
-def batch_token_mean_nll(policy: Logps, response: int) -> Tensor:
+def batch_token_mean_nll(policy: Logps, response: int, state: BatchStatistics | None = None) -> Tensor:
     """(B,) per-example shares of the token-mean NLL over ALL tokens of one response column in the batch.
 
     -sum_b lp(y_b) / sum_b |y_b| is a batch-level reduction (a cross-entropy over the batch's gold
     tokens); each example gets -lp(y_b) * B / sum_b |y_b|, so that the plain batch mean the trainer
-    takes is exactly that token mean. Under gradient accumulation or several processes it is the
-    token mean within each micro-batch.
+    takes is exactly that token mean. With a `state` (in training) B and the token count are those of
+    the global batch, every process's share of it, so the average the processes' gradients take is
+    that token mean too; under gradient accumulation it is the token mean within each micro-batch.
     """
-    total_tokens = policy.length[:, response].sum().clamp_min(1.0)
-    return -policy.sum[:, response] * policy.sum.shape[0] / total_tokens
+    lengths = policy.length[:, response]
+    examples = torch.tensor(float(lengths.shape[0]), dtype=lengths.dtype, device=lengths.device)
+    total_tokens = lengths.sum()
+    if state is not None:
+        examples, total_tokens = state.total(examples), state.total(lengths)
+    return -policy.sum[:, response] * examples / total_tokens.clamp_min(1.0)
 
 
 @register(
     name="tpo", seed="tpo", family="offline-pairwise", input_kind="pairwise", needs_reference=False,
-    status="stable",
+    status="stable", state=BatchStatistics,
     paper="Saeidi et al. 2024, Triple Preference Optimization: Achieving Better Alignment using a Single Step "
           "Optimization, arXiv 2405.16681",
     taxonomy=taxonomy(["pairwise", "gold-response", "triples"], ["offline", "single-stage"],
                       ["reference-free"], ["likelihood"]),
 )
 def tpo(policy: Logps, *, beta: float = 0.01, alpha: float = 1.0, length_normalize: bool = False,
-        gamma: float = 0.5, loss_type: str = "sigmoid", label_smoothing: float = 0.0) -> MethodOutput:
+        gamma: float = 0.5, loss_type: str = "sigmoid", label_smoothing: float = 0.0,
+        state: BatchStatistics | None = None) -> MethodOutput:
     """A reference-free preference loss on (y_w, y_l) plus the NLL of a gold response y_gold.
 
     offline.md §9, responses (y_w, y_l, y_gold) = indices (0, 1, 2) (data `extra_responses: [gold]`):
@@ -49,6 +56,7 @@ def tpo(policy: Logps, *, beta: float = 0.01, alpha: float = 1.0, length_normali
     Defaults, official README for base models: TPO beta 0.01, alpha 1 (instruct: alpha 0.05);
     TPO-L beta 2 and gamma 0.5-10. Code defaults: beta 0.1, alpha 0.05, gamma 0.5.
     alpha = 0 TPO-L is SimPO with gamma absolute; alpha = 0 TPO is the reference-free sigmoid loss.
+    state: filled by the objective in training, so that the gold token mean is over the global batch.
     Shapes: (B, 3) in, (B,) loss. Rewards: beta * lp (avg for TPO-L and ipo) of each response.
     """
     if policy.num_responses <= GOLD:
@@ -64,7 +72,7 @@ def tpo(policy: Logps, *, beta: float = 0.01, alpha: float = 1.0, length_normali
         preference = (gap - 1 / (2 * beta)) ** 2
     else:
         raise ValueError(f"tpo: loss_type must be 'sigmoid', 'hinge' or 'ipo', got {loss_type!r}")
-    gold_nll = batch_token_mean_nll(policy, GOLD)
+    gold_nll = batch_token_mean_nll(policy, GOLD, state)
     rewards = beta * scores
     metrics = pairwise_metrics(rewards[:, 0], rewards[:, 1])
     metrics["nll/gold"] = -policy.mean[:, GOLD]

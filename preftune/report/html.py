@@ -24,6 +24,7 @@ body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; 
 h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 1.6em; border-bottom: 1px solid #ddd; }
 table { border-collapse: collapse; margin: 0.6em 0; font-size: 0.85em; }
 td, th { border: 1px solid #ccc; padding: 3px 7px; text-align: left; }
+th { max-width: 9em; overflow-wrap: anywhere; font-weight: 600; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 th { background: #f3f3f3; } code { background: #f3f3f3; padding: 1px 4px; }
 img { max-width: 100%; border: 1px solid #eee; margin: 0.4em 0; }
@@ -36,6 +37,8 @@ window.addEventListener('load', function () {
   var images = Array.prototype.slice.call(document.images);
   var ok = images.filter(function (img) { return img.complete && img.naturalWidth > 0; }).length;
   document.body.setAttribute('data-images', ok + '/' + images.length);
+  // How wide the page is laid out against the window (the report must fit a 1280-pixel window).
+  document.body.setAttribute('data-width', document.documentElement.scrollWidth + '/' + window.innerWidth);
 });
 """
 
@@ -190,6 +193,10 @@ def _bench_section(page: Page, run_dir: Path, plots: Path) -> None:
         page.image(path, f"gold reward per method (mean ± std over seeds), {path.stem.split('_')[-1]} start")
 
 
+ONLINE_COLUMNS = 8
+JUDGE_COUNTERS = ("requests", "answered", "failed", "unparseable", "timeouts", "retries")
+
+
 def _online_section(page: Page, run_dir: Path, plots: Path) -> None:
     """An online run (preftune online): the duality-gap / win-rate curve and one row per iteration."""
     from preftune.report.online_plots import plot_online_curve
@@ -201,8 +208,17 @@ def _online_section(page: Page, run_dir: Path, plots: Path) -> None:
                "duality gap and win-rate against the initial policy, per iteration (0: the initial policy)")
     columns = [k for k in dict.fromkeys(k for r in rows for k in r)
                if k != "iteration" and all(isinstance(r.get(k, 0.0), (int, float)) for r in rows)]
-    page.table(["iteration", *(c.replace("_", " ") for c in columns)],
-               [[r.get("iteration"), *(r.get(c) for c in columns)] for r in rows], "per iteration (online_summary.json)")
+    # A few columns per table, so that the page fits a 1280-pixel window however many metrics there are.
+    groups = [columns[i:i + ONLINE_COLUMNS] for i in range(0, len(columns), ONLINE_COLUMNS)]
+    for number, group in enumerate(groups, 1):
+        page.table(["iteration", *(c.replace("_", " ") for c in group)],
+                   [[r.get("iteration"), *(r.get(c) for c in group)] for r in rows],
+                   f"per iteration (online_summary.json), {number} of {len(groups)}")
+    judged = [r for r in rows if isinstance(r.get("judge"), dict)]
+    if judged:  # counters of the judge, cumulative: what it answered, and what it could not
+        counters = [c for c in JUDGE_COUNTERS if any(c in r["judge"] for r in judged)]
+        page.table(["iteration", *counters], [[r["iteration"], *(r["judge"].get(c) for c in counters)] for r in judged],
+                   "judge counters after each iteration (answered, failed, unparseable, timeouts, retries)")
 
 
 def _rl_section(page: Page, run_dir: Path, plots: Path) -> None:

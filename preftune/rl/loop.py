@@ -29,6 +29,7 @@ from preftune.rl.config import LotSizingRunConfig, RLConfig
 from preftune.rl.context import RLContext
 from preftune.train.checkpoint import load_checkpoint, resolve_resume, save_checkpoint, sigterm_as_interrupt
 from preftune.train.metrics import MetricsLogger, truncate_metrics
+from preftune.train.trackers import start_trackers
 
 # Which data maker serves an objective (by its first term).
 ALGORITHMS = {"grpo": "rollouts", "mo_grpo": "rollouts", "ppo": "rollouts", "rto": "rollouts",
@@ -118,7 +119,8 @@ def run_rl(cfg: RLConfig | LotSizingRunConfig, resume: str | bool | None = None,
         summary["iterations"] = [row for row in summary["iterations"] if row["iteration"] <= start]
     elif (run_dir / "metrics.jsonl").exists():
         (run_dir / "metrics.jsonl").unlink()
-    logger = MetricsLogger(run_dir, enabled=True)
+    start_trackers(accelerator, cfg.name, to_dict(cfg), resumed_at=start)
+    logger = MetricsLogger(run_dir, enabled=True, accelerator=accelerator)
     reference = ctx.reference
     search = kind == "oreo"
     if checkpoint is None:

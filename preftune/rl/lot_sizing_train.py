@@ -37,6 +37,7 @@ from preftune.rl.lot_sizing import LotSizingEnv, feasible_actions, post_decision
 from preftune.rl.lot_sizing_dp import evaluate, solve, states
 from preftune.train.checkpoint import load_checkpoint, resolve_resume, save_checkpoint, sigterm_as_interrupt
 from preftune.train.metrics import MetricsLogger, truncate_metrics
+from preftune.train.trackers import start_trackers
 
 
 @dataclass
@@ -153,7 +154,8 @@ def run_lot_sizing(cfg: LotSizingRunConfig, resume: str | bool | None = None,
         truncate_metrics(run_dir, start)
     elif (run_dir / "metrics.jsonl").exists():
         (run_dir / "metrics.jsonl").unlink()
-    logger = MetricsLogger(run_dir, enabled=True)
+    start_trackers(accelerator, cfg.name, to_dict(cfg), resumed_at=start)
+    logger = MetricsLogger(run_dir, enabled=True, accelerator=accelerator)
     unwrapped = accelerator.unwrap_model(model)
     completed, last = start, {}
     try:

@@ -21,13 +21,16 @@ from preftune.config import RunConfig, to_dict
 from preftune.data.collate import collate
 from preftune.data.prepare import PreparedData
 from preftune.fastpath import FastPathOptions, batch_logps, capabilities
+from preftune.hub import training_card, write_card
 from preftune.methods import Objective, build_objective
 from preftune.models import (LoraSettings, Reference, add_lora, load_causal_lm, load_tokenizer,
                              make_reference)
 from preftune.reference_cache import cache_applies, prepare_reference_cache
 from preftune.train.checkpoint import load_checkpoint, resolve_resume, save_checkpoint, sigterm_as_interrupt
+from preftune.train.distributed import check_process_count, configure_engine, cross_process_ops, load_models_whole
 from preftune.train.metrics import MetricsLogger, StepMetrics, truncate_metrics
 from preftune.train.plan import BatchPlan, batches_by_group
+from preftune.train.trackers import start_trackers, tracker_setup
 from preftune.train.schedules import lr_multiplier
 
 
@@ -39,8 +42,12 @@ def make_accelerator(cfg: RunConfig):
         raise ValueError(f"train.precision must be 'fp32' or 'bf16', got {cfg.train.precision!r}")
     # Without a GPU, accelerate only forms a multi-process (gloo) group under torchrun when told
     # to run on the CPU explicitly.
-    return Accelerator(mixed_precision=precisions[cfg.train.precision], gradient_accumulation_steps=cfg.train.grad_accum,
-                       cpu=not torch.cuda.is_available())
+    accelerator = Accelerator(mixed_precision=precisions[cfg.train.precision],
+                              gradient_accumulation_steps=cfg.train.grad_accum, cpu=not torch.cuda.is_available(),
+                              **tracker_setup(cfg.train.report_to, cfg.run_dir))
+    check_process_count(accelerator)
+    load_models_whole(accelerator)  # until configure_engine, before prepare
+    return accelerator
 
 
 def train(cfg: RunConfig, data: PreparedData, resume: str | bool | None = None,
@@ -106,14 +113,16 @@ def train(cfg: RunConfig, data: PreparedData, resume: str | bool | None = None,
     warmup = int(cfg.train.warmup_ratio * plan.total_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_multiplier(s, plan.total_steps, warmup, cfg.train.schedule))
+    configure_engine(accelerator, cfg.train.batch_size, cfg.train.grad_accum, cfg.train.max_grad_norm)
     # The scheduler is stepped by hand once per optimizer step (accelerate would step it once per
     # process), and registered so that checkpoints hold its state.
     policy, optimizer = accelerator.prepare(policy, optimizer)
     accelerator.register_for_checkpointing(scheduler)
+    # Batch statistics of methods (BCO's shift, beta-DPO's margins, KTO's z0) are taken over the
+    # global batch, every process's share of it; running ones are saved with the checkpoint so
+    # that --resume continues them.
+    objective.set_processes(cross_process_ops(accelerator))
     if objective.has_state:
-        # Running statistics of stateful methods (BCO's reward shift): the same value on every
-        # process, and saved with the checkpoint so that --resume continues them.
-        objective.sync_state(lambda stats: accelerator.reduce(stats, reduction="sum"))
         accelerator.register_for_checkpointing(objective)
 
     start_step = 0
@@ -125,7 +134,8 @@ def train(cfg: RunConfig, data: PreparedData, resume: str | bool | None = None,
     elif main and (run_dir / "metrics.jsonl").exists():
         (run_dir / "metrics.jsonl").unlink()
 
-    logger = MetricsLogger(run_dir, enabled=main)
+    start_trackers(accelerator, cfg.name, to_dict(cfg), resumed_at=start_step)
+    logger = MetricsLogger(run_dir, enabled=main, accelerator=accelerator)
     bar = tqdm(total=plan.total_steps, initial=start_step, disable=not (main and cfg.train.progress),
                desc=f"train {objective.describe()}", dynamic_ncols=True, mininterval=0.5)
     def one_step(step: int) -> dict:
@@ -192,16 +202,19 @@ def train(cfg: RunConfig, data: PreparedData, resume: str | bool | None = None,
     if final_eval:
         logger.log(plan.total_steps, final_eval)
     logger.close()
-    save_model(accelerator, policy, tokenizer, run_dir / "model")
+    if cfg.train.save_model:
+        save_model(accelerator, policy, tokenizer, run_dir / "model")
     if main:
         summary = {"objective": objective.describe(), "steps": plan.total_steps, "epochs": plan.epoch_of(plan.total_steps),
                    "global_batch": plan.global_batch, "processes": accelerator.num_processes,
                    "reference": reference.kind, "reference_cache": reference_cache,
                    "fast_paths": vars(capabilities(policy)), "final_train_metrics": last, "eval": final_eval,
-                   "data": data.summary(), "model_dir": str(run_dir / "model"),
+                   "data": data.summary(), "model_dir": str(run_dir / "model") if cfg.train.save_model else None,
                    **({"diagnostics": {"every": cfg.diagnostics.every, "examples": len(monitor.examples),
                                        "examples_from": monitor.source}} if monitor is not None else {})}
         (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=1))
+        if cfg.train.save_model:
+            write_card(run_dir / "model", training_card(cfg, summary))  # README.md: the model card (hub.py)
     accelerator.wait_for_everyone()
     release_accelerator()
     return run_dir
@@ -275,7 +288,8 @@ def compute_objective(objective: Objective, policy, reference: Reference, batch,
 
 def clip_gradients(accelerator, policy, max_norm: float) -> float:
     if max_norm and max_norm > 0:
-        return float(accelerator.clip_grad_norm_(policy.parameters(), max_norm))
+        norm = accelerator.clip_grad_norm_(policy.parameters(), max_norm)
+        return float("nan") if norm is None else float(norm)  # None: DeepSpeed before its first step
     norms = [p.grad.detach().norm() for p in policy.parameters() if p.grad is not None]
     return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
 

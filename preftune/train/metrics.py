@@ -1,8 +1,7 @@
-"""Per-step metrics: averaged over micro-batches and processes, written to metrics.jsonl and TensorBoard."""
+"""Per-step metrics: averaged over micro-batches and processes, written to metrics.jsonl and the trackers."""
 from __future__ import annotations
 
 import json
-import warnings
 from collections import defaultdict
 from pathlib import Path
 
@@ -47,32 +46,27 @@ class StepMetrics:
 
 
 class MetricsLogger:
-    """metrics.jsonl (one JSON object per logged step) and TensorBoard scalars, on the main process."""
+    """metrics.jsonl (one JSON object per logged step, on the main process) and, through
+    `accelerator.log`, every tracker of `train.report_to` (train/trackers.py), under the same names."""
 
-    def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool = True):
+    def __init__(self, run_dir: Path, enabled: bool, accelerator=None):
         self.enabled = enabled
         self.path = Path(run_dir) / "metrics.jsonl"
-        self.writer = None
-        if enabled and tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:  # tensorboard is a dependency, but a bare image may lack it
-                warnings.warn("tensorboard is not installed: metrics go to metrics.jsonl only")
-            else:
-                self.writer = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+        self.accelerator = accelerator
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
+        if self.accelerator is not None and self.accelerator.trackers:
+            self.accelerator.log(metrics, step=step)  # on the main process only
         if not self.enabled:
             return
         with self.path.open("a") as handle:
             handle.write(json.dumps({"step": step, **metrics}) + "\n")
-        if self.writer is not None:
-            for key, value in metrics.items():
-                self.writer.add_scalar(key, value, step)
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
+        if self.accelerator is not None:
+            from preftune.train.trackers import stop_trackers
+
+            stop_trackers(self.accelerator)
 
 
 def read_metrics(run_dir: Path) -> list[dict]:

@@ -49,6 +49,7 @@ from preftune.config import LoraConfig as LoraSection
 from preftune.judges import build_judge
 from preftune.methods import build_objective
 from preftune.tasks import get_task
+from preftune.train.distributed import check_process_count, cross_process_ops, gathered, summed
 from preftune.train.online_cofs import cofs_combine
 from preftune.train.online_collect import collect
 from preftune.train.online_config import OnlineConfig
@@ -81,12 +82,15 @@ def run_online(cfg: OnlineConfig, resume: bool = False,
     model_path = warm_start(cfg) if cfg.warm_start.enabled else cfg.model.name_or_path
     accelerator = Accelerator(cpu=not torch.cuda.is_available(),
                               mixed_precision={"fp32": "no", "bf16": "bf16"}[cfg.train.precision])
-    if accelerator.num_processes > 1:
-        raise NotImplementedError("the online loop runs in one process (sampling and judging are not sharded yet)")
+    check_process_count(accelerator)
+    # Under several processes each samples and judges its share of the prompts and trains on its
+    # slice of every batch of the gathered rows; the main process evaluates and writes (scaling.md).
+    main = accelerator.is_main_process
     set_seed(cfg.train.seed)
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    if main:
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     started = time.perf_counter()
 
     # --- the game: task, judge, objective and its schedule
@@ -96,6 +100,7 @@ def run_online(cfg: OnlineConfig, resume: bool = False,
     judges = [build_judge(cfg.judge.kind, task, **cfg.judge.options) for task in tasks] if cfg.judge.kind == "task" \
         else [build_judge(cfg.judge.kind, tasks[0], **cfg.judge.options)] * len(tasks)
     objective = build_objective(cfg.loss)
+    objective.set_processes(cross_process_ops(accelerator))  # batch statistics over every process's rows
     schedule = resolve_schedule(cfg, objective)
 
     # --- the player: the (warm-started) model, its trainable weights and their snapshots
@@ -124,16 +129,19 @@ def run_online(cfg: OnlineConfig, resume: bool = False,
     summary = {"method": objective.describe(), "task": cfg.task, "schedule": schedule.__dict__, "iterations": []}
     start = 0
     checkpoint = latest_checkpoint(run_dir) if resume else None
-    if resume and checkpoint is None and (run_dir / "iterations").exists():
+    if resume and checkpoint is None and (run_dir / "iterations").exists() and main:
         print("--resume: no completed iteration to resume from; starting at iteration 0")
     if checkpoint is not None:
         start = loop.load_state(checkpoint, summary)
-        print(f"resuming {run_dir} at iteration {start} (from {checkpoint.name})")
+        if main:
+            print(f"resuming {run_dir} at iteration {start} (from {checkpoint.name})")
     else:
-        for stale in ("iterations", "checkpoints"):
+        for stale in ("iterations", "checkpoints") if main else ():
             shutil.rmtree(run_dir / stale, ignore_errors=True)
         summary["iterations"].append({"iteration": 0, **evaluate(loop, 0)})
-    shutil.rmtree(iteration_dir(run_dir, start), ignore_errors=True)
+    if main:
+        shutil.rmtree(iteration_dir(run_dir, start), ignore_errors=True)
+    accelerator.wait_for_everyone()
 
     for t in range(start, cfg.iterations):
         iteration_started = time.perf_counter()
@@ -141,16 +149,21 @@ def run_online(cfg: OnlineConfig, resume: bool = False,
         row = {"iteration": t + 1, **evaluate(loop, t + 1), **stats,
                "seconds": round(time.perf_counter() - iteration_started, 2)}
         summary["iterations"].append(row)
-        write_summary(run_dir, summary, started)
-        loop.save_state(t + 1, summary)
-        print(f"iteration {t + 1}/{cfg.iterations}: " + ", ".join(
-            f"{k} {row[k]:.4f}" for k in ("duality_gap", "win_rate_vs_initial", "sampled_win_rate_vs_initial")
-            if k in row) + f" ({row['seconds']:.0f} s)")
+        if main:
+            write_summary(run_dir, summary, started)
+            loop.save_state(t + 1, summary)
+            print(f"iteration {t + 1}/{cfg.iterations}: " + ", ".join(
+                f"{k} {row[k]:.4f}" for k in ("duality_gap", "win_rate_vs_initial", "sampled_win_rate_vs_initial")
+                if k in row) + f" ({row['seconds']:.0f} s)")
+        accelerator.wait_for_everyone()
 
-    model.save_pretrained(str(run_dir / "model"))
-    tokenizer.save_pretrained(str(run_dir / "model"))
-    summary["judge"] = [j.stats.as_dict() for j in judges[:len(set(map(id, judges)))]]
-    write_summary(run_dir, summary, started)
+    judged = [summed(gathered(accelerator, j.stats.as_dict())) for j in judges[:len(set(map(id, judges)))]]
+    if main:
+        model.save_pretrained(str(run_dir / "model"))
+        tokenizer.save_pretrained(str(run_dir / "model"))
+        summary.update(judge=judged, processes=accelerator.num_processes)
+        write_summary(run_dir, summary, started)
+    accelerator.wait_for_everyone()
     release_accelerator()
     return run_dir
 
@@ -197,7 +210,7 @@ def iteration(loop: OnlineLoop, t: int) -> dict:
             stats.update(cofs_combine(loop, domain))
         snapshots.save(f"domain:{domain}")
     stats["domain"] = domain
-    stats["judge"] = loop.judge.stats.as_dict()
+    stats["judge"] = summed(gathered(loop.accelerator, loop.judge.stats.as_dict()))  # every process's share
     return stats
 
 

@@ -13,6 +13,7 @@ from preftune.data.tokenize import TokenizedExample
 from preftune.judges import preference_matrix
 from preftune.logps import sequence_logps
 from preftune.sampling import sample
+from preftune.train.distributed import gathered
 from preftune.train.online_pairs import Group, build_rows, sample_labels
 from preftune.train.online_replay import replay, write_jsonl
 from preftune.train.online_state import OnlineLoop
@@ -28,10 +29,14 @@ def prompts_for(loop: OnlineLoop, t: int) -> list:
 def collect(loop: OnlineLoop, t: int, phase: str, directory: Path, stats: dict, history: list[str],
             opponent: str | None = None) -> list[TokenizedExample]:
     """Sample k responses per prompt (and an opponent's, when the method plays one), judge them, build the
-    rows (plus replayed ones in the full phase), write them to the iteration's directory, and freeze them."""
-    cfg, s = loop.cfg, loop.cfg.sampler
-    seed = cfg.train.seed * 1_000_003 + 10 * t + (phase == "full")
-    prompts = prompts_for(loop, t)
+    rows (plus replayed ones in the full phase), write them to the iteration's directory, and freeze them.
+
+    Under several processes each takes every W-th prompt (and replayed row) and does all of this for
+    its share; the frozen rows are gathered once, and the main process writes the files."""
+    cfg, s, accelerator = loop.cfg, loop.cfg.sampler, loop.accelerator
+    rank, world = accelerator.process_index, accelerator.num_processes
+    seed = cfg.train.seed * 1_000_003 + 10 * t + (phase == "full") + 7919 * rank
+    prompts = prompts_for(loop, t)[rank::world]
     samples = sample(loop.model, loop.tokenizer, prompts, s.samples_per_prompt, s.temperature, s.top_p,
                      s.max_new_tokens, s.batch_size, seed, cfg.train.progress, f"iter {t} sample ({phase})", s.top_k)
     opponents = None
@@ -49,16 +54,23 @@ def collect(loop: OnlineLoop, t: int, phase: str, directory: Path, stats: dict, 
         raise ValueError(f"judge.labels must be probability or bernoulli, got {cfg.judge.labels!r}")
     rows = build_rows(loop.schedule.builder, groups, cfg.pairs.margin, cfg.pairs.min_positive)
     records = [record(t, phase, samples, r) for r in rows]
-    records += replay(loop.cfg, t, len(records)) if phase == "full" else []
-    write_jsonl(directory / "samples.jsonl", [
+    # Replay sizes itself on this iteration's row count, summed over the processes; they all read the
+    # same past rows and each freezes every W-th of them.
+    fresh = sum(gathered(accelerator, len(records)))
+    records += replay(loop.cfg, t, fresh)[rank::world] if phase == "full" else []
+    judge_seconds = time.perf_counter() - judged
+    shares = gathered(accelerator, (records, freeze(loop, records, history), [
         {"phase": phase, "prompt": g.prompt, "responses": g.responses, "matrix": g.matrix,
          **({"opponents": opponents[i], "opponent_matrix": g.opponent_matrix} if opponents else {})}
-        for i, g in enumerate(groups)], append=True)
-    write_jsonl(directory / "pairs.jsonl", records, append=True)
-    stats.update({f"{phase}/samples": sum(map(len, samples.texts)), f"{phase}/rows": len(records),
-                  f"{phase}/sampling_tokens_per_s": round(samples.tokens_per_s, 1),
-                  f"{phase}/judge_seconds": round(time.perf_counter() - judged, 3)})
-    return freeze(loop, records, history)
+        for i, g in enumerate(groups)], sum(map(len, samples.texts)), samples.tokens_per_s, judge_seconds))
+    records = [r for share in shares for r in share[0]]
+    if accelerator.is_main_process:
+        write_jsonl(directory / "samples.jsonl", [g for share in shares for g in share[2]], append=True)
+        write_jsonl(directory / "pairs.jsonl", records, append=True)
+    stats.update({f"{phase}/samples": sum(share[3] for share in shares), f"{phase}/rows": len(records),
+                  f"{phase}/sampling_tokens_per_s": round(sum(share[4] for share in shares), 1),  # all processes
+                  f"{phase}/judge_seconds": round(max(share[5] for share in shares), 3)})
+    return [example for share in shares for example in share[1]]
 
 
 def record(t: int, phase: str, samples, row) -> dict:

@@ -6,13 +6,19 @@ from __future__ import annotations
 import torch
 
 from preftune.sampling import sample
+from preftune.train.distributed import from_main
 from preftune.train.online_state import OnlineLoop
 
 
 @torch.no_grad()
 def evaluate(loop: OnlineLoop, t: int) -> dict:
     """Exact game metrics of the policy's distribution over the task's answer set (when it has one),
-    and the judge's win-rate of held-out samples against the initial policy's samples."""
+    and the judge's win-rate of held-out samples against the initial policy's samples. Under several
+    processes the main process evaluates (every process holds the same weights) and tells the others."""
+    return from_main(loop.accelerator, evaluate_here(loop, t) if loop.accelerator.is_main_process else None)
+
+
+def evaluate_here(loop: OnlineLoop, t: int) -> dict:
     from preftune.tasks.intransitive import game_metrics, style_distribution
 
     e, s = loop.cfg.eval, loop.cfg.sampler

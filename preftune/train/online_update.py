@@ -14,6 +14,7 @@ from preftune.logps import sequence_logps
 from preftune.methods import Objective
 from preftune.methods.dpo import dpo
 from preftune.records import Logps
+from preftune.train.distributed import average_gradients
 from preftune.train.metrics import StepMetrics
 from preftune.train.online_state import OnlineLoop
 from preftune.train.plan import BatchPlan
@@ -21,13 +22,17 @@ from preftune.train.schedules import lr_multiplier
 
 
 def update(loop: OnlineLoop, t: int, phase: str, examples: list[TokenizedExample], directory: Path, stats: dict) -> None:
-    """cfg.train.steps optimizer steps (or train.epochs over the rows) of the objective on `examples`."""
-    train = loop.cfg.train
-    if not examples:
+    """cfg.train.steps optimizer steps (or train.epochs over the rows) of the objective on `examples`.
+
+    Under W processes every process holds all the rows and takes its slice of each global batch
+    of W x batch_size rows (train/plan.py), and the gradients are averaged before each step."""
+    train, accelerator = loop.cfg.train, loop.accelerator
+    world = accelerator.num_processes
+    batch_size = min(train.batch_size, len(examples) // world)
+    if batch_size == 0:
         stats[f"{phase}/steps"] = 0
         return
-    batch_size = min(train.batch_size, len(examples))
-    plan = BatchPlan(len(examples), batch_size, 1, 1, train.seed * 1_000_003 + 10 * t + (phase == "full"),
+    plan = BatchPlan(len(examples), batch_size, 1, world, train.seed * 1_000_003 + 10 * t + (phase == "full"),
                      train.steps, train.epochs)
     loop.model.train()
     totals: dict[str, float] = {}
@@ -38,11 +43,13 @@ def update(loop: OnlineLoop, t: int, phase: str, examples: list[TokenizedExample
                                    train.schedule)
         for group in loop.optimizer.param_groups:
             group["lr"] = group["base_lr"] * multiplier
-        batch = collate([examples[i] for i in plan.step_indices(step)], loop.tokenizer.pad_token_id).to(loop.device)
+        indices = plan.micro_batches(step, accelerator.process_index)[0]
+        batch = collate([examples[i] for i in indices], loop.tokenizer.pad_token_id).to(loop.device)
         metrics = optimizer_step(loop, batch)
         metrics["lr"] = multiplier * train.lr
-        with (directory / "metrics.jsonl").open("a") as handle:
-            handle.write(json.dumps({"phase": phase, "step": step + 1, **metrics}) + "\n")
+        if accelerator.is_main_process:
+            with (directory / "metrics.jsonl").open("a") as handle:
+                handle.write(json.dumps({"phase": phase, "step": step + 1, **metrics}) + "\n")
         for key, value in metrics.items():
             totals[key] = totals.get(key, 0.0) + value / plan.total_steps
         bar.set_postfix(loss=f"{metrics['loss']:.4f}")
@@ -72,6 +79,7 @@ def optimizer_step(loop: OnlineLoop, batch) -> dict:
     loop.accelerator.backward(loss)
     max_norm = loop.cfg.train.max_grad_norm
     params = [p for g in loop.optimizer.param_groups for p in g["params"]]
+    average_gradients(params, loop.accelerator)
     grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
     loop.optimizer.step()
     loop.optimizer.zero_grad(set_to_none=True)
