@@ -1,5 +1,5 @@
 """The `preftune` command line: sft, train, online, eval, generate, methods, verify, quickstart, the
-measurement commands probe, sweep, bench, report (cli_measure.py), and rl (cli_rl.py)."""
+measurement commands probe, sweep, bench, report (cli_measure.py), rl (cli_rl.py) and claims (cli_claims.py)."""
 from __future__ import annotations
 
 import argparse
@@ -114,10 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--private", action="store_true", help="create the repository as private")
     p.add_argument("--token", help="a Hub token (default: the login or HF_TOKEN)")
 
-    from preftune import cli_measure
+    from preftune import cli_claims, cli_measure
 
     cli_measure.add_parsers(sub, _Formatter)
     cli_rl.add_parsers(sub, _Formatter)
+    cli_claims.add_parser(sub, _Formatter)
     return parser
 
 
@@ -148,15 +149,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     _quiet_libraries()
-    from preftune import cli_measure, cli_rl
+    from preftune import cli_claims, cli_measure, cli_rl
 
-    takes_overrides = ("train", "sft", "quickstart", "online", *cli_measure.TAKES_OVERRIDES, *cli_rl.TAKES_OVERRIDES)
+    takes_overrides = ("train", "sft", "quickstart", "online", "claims", *cli_measure.TAKES_OVERRIDES,
+                       *cli_rl.TAKES_OVERRIDES)
     if args.command not in takes_overrides:
         if extras:
             parser.error(f"unrecognised arguments: {' '.join(extras)}")
     handler = {"train": cmd_train, "sft": cmd_train, "eval": cmd_eval, "generate": cmd_generate,
                "methods": cmd_methods, "verify": cmd_verify, "quickstart": cmd_quickstart,
-               "online": cmd_online, "push": cmd_push, **cli_measure.HANDLERS, **cli_rl.HANDLERS}[args.command]
+               "online": cmd_online, "push": cmd_push, "claims": cli_claims.cmd_claims,
+               **cli_measure.HANDLERS, **cli_rl.HANDLERS}[args.command]
     import preftune.train  # noqa: F401  (registers the built-in models a training run makes: builtin:arithmetic-sft)
     from preftune.config import ConfigError
     from preftune.data.formats import DataError

@@ -72,6 +72,10 @@ def test_every_yaml_recipe_in_configs_is_valid():
             from preftune.rl.config import load_rl_config
 
             load_rl_config(path)
+        elif path.parent.name == "claims":  # `preftune claims` configs (preftune/claims/)
+            from preftune.claims.config import load_claims_config
+
+            load_claims_config(path)
         elif path.parent.name not in ("online", "accelerate"):  # online recipes have their own schema and test;
             load_config(path)                                         # accelerate configs: tests/test_distributed.py
 

@@ -18,6 +18,18 @@ def test_registered_and_splits_are_disjoint(task):
     train, test = task.prompts("train"), task.prompts("test")
     assert len(train) + len(test) == 225 and not set(train) & set(test)
     assert task.prompts("test", 5) == test[:5]
+    with pytest.raises(KeyError, match="validation_fraction"):
+        task.prompts("validation")
+
+
+def test_a_validation_split_takes_guests_from_train_only():
+    plain, held = get_task("intransitive"), get_task("intransitive", validation_fraction=0.16)
+    validation = held.prompts("validation")
+    assert len(validation) == 36 and held.prompts("test") == plain.prompts("test")
+    assert set(held.prompts("train")) == set(plain.prompts("train")) - set(validation)
+    assert not set(validation) & set(held.prompts("test"))
+    with pytest.raises(ValueError, match="no train guests"):
+        get_task("intransitive", test_fraction=0.6, validation_fraction=0.4)
 
 
 def test_majority_of_transitive_annotators_is_a_cycle(task):

@@ -6,6 +6,7 @@ import json
 import math
 import random
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -78,6 +79,21 @@ def test_domains_split_the_iterations_and_cofs_needs_them():
 def test_unknown_online_config_key_is_an_error():
     with pytest.raises(ConfigError, match="schedule"):
         load_online_config(overrides=["--schedule.speed=2"])
+
+
+def test_evaluation_takes_the_test_or_the_validation_guests():
+    from preftune.tasks import get_task
+    from preftune.train.online_state import OnlineLoop
+
+    assert load_online_config().eval.split == "test"
+    with pytest.raises(ConfigError, match="eval.split"):
+        load_online_config(overrides=["--eval.split=train"])
+    cfg = load_online_config(overrides=["--eval.split=validation", "--eval.prompts=5",
+                                        "--task_options.validation_fraction=0.1"])
+    task = get_task("intransitive", **cfg.task_options)
+    loop = OnlineLoop(cfg, [task], [None], None, None, None, None, None, None, None, SimpleNamespace(device="cpu"))
+    assert loop.eval_prompts == task.prompts("validation")[:5]
+    assert not set(loop.eval_prompts) & set(loop.train_prompts)
 
 
 # -- pair builders -----------------------------------------------------------------------------------------

@@ -98,6 +98,20 @@ def test_gold_labeller_pairs_best_against_worst_without_extra_columns():
                      "gold": "5"}]
 
 
+def test_samples_the_data_layer_would_reject_take_no_part_in_pairs(tmp_path):
+    # A barely trained model samples arbitrary bytes; a NUL byte or a lone surrogate in a pair
+    # made the task's own pairs file fail to load (CI, 2026-12-06).
+    from preftune.data.formats import load_examples
+    from preftune.tasks.data import write_jsonl
+
+    task = get_task("arithmetic")
+    samples = _samples(["2+3=", "4+4="], [["5", "6\x00", "\ud8007"], ["8", "\x00", "9"]])
+    rows = pairs_from_samples(task, samples)
+    assert [(r["chosen"], r["rejected"]) for r in rows] == [("8", "9")]
+    examples, report = load_examples(str(write_jsonl(rows, tmp_path / "pairs.jsonl")))
+    assert report.kept == 1 and examples[0].responses == ["8", "9"]
+
+
 def test_flipped_pairs_carry_the_labellers_scores_and_the_gold_ones():
     task = get_task("arithmetic")
     prompts = task.prompts("train", 2000)

@@ -64,13 +64,27 @@ class Example:
 
 # --------------------------------------------------------------------------- validating fields
 
-def _clean(text: str, name: str) -> str:
+def text_problem(text: str) -> str | None:
+    """Why the data layer would reject `text` as a field's value, or None when it is acceptable.
+    Generated text is checked with this too: a barely trained model samples arbitrary bytes."""
     if "\x00" in text:
-        raise BadRow("contains a NUL byte (\\x00)", name, INVALID_TEXT)
+        return "contains a NUL byte (\\x00)"
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:  # a lone surrogate, e.g. "\ud800" in JSON, or bytes that were not UTF-8
-        raise BadRow("is not valid Unicode text (a lone surrogate)", name, INVALID_TEXT) from None
+        return "is not valid Unicode text (a lone surrogate)"
+    return None
+
+
+def usable_response(text: str) -> bool:
+    """A sampled response the data layer accepts: not blank and free of text_problem()s."""
+    return bool(text.strip()) and text_problem(text) is None
+
+
+def _clean(text: str, name: str) -> str:
+    problem = text_problem(text)
+    if problem:
+        raise BadRow(problem, name, INVALID_TEXT)
     return text
 
 

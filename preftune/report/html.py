@@ -1,12 +1,11 @@
 """`preftune report RUN_DIR`: one self-contained HTML page with a run's plots and summary.
 
-Works on any run directory preftune writes: a training run (metrics.jsonl, train_summary.json), an RL run
-(rl_summary.json),
-a quickstart pipeline (summary.json and its stages), a bench (results.json), a sweep
-(sweep/sweep.json) or a probe (probe.json). The plots are drawn with matplotlib and embedded as
-base64 PNG data URIs, so the page is one file that opens anywhere, offline. A few lines of script
-record whether every image decoded (`data-images` on <body>), which the report test reads back
-from headless Chromium.
+Works on any run directory preftune writes: a training run (metrics.jsonl, train_summary.json), an
+RL run (rl_summary.json), a quickstart pipeline (summary.json and its stages), a bench
+(results.json), a sweep (sweep/sweep.json), a probe (probe.json) or `preftune claims`
+(claims.json). The plots are drawn with matplotlib and embedded as base64 PNG data URIs, so the
+page is one file that opens anywhere, offline. A few lines of script record whether every image decoded (`data-images` on <body>), which
+the report test reads back from headless Chromium.
 """
 from __future__ import annotations
 
@@ -269,6 +268,18 @@ def _probe_section(page: Page, probe_json: Path, plots: Path) -> None:
                f"{report['pairs']} pairs, {report['folds']}-fold pair-grouped CV, pooling {report['pooling']}")
 
 
+def _claims_section(page: Page, run_dir: Path, plots: Path) -> None:
+    """`preftune claims`: the plots of every measured effect and of the verdicts, then the table and rows."""
+    from preftune.report.claims_plots import plot_claims
+
+    report = json.loads((run_dir / "claims.json").read_text())
+    page.heading("Paper claims, reproduced in miniature")
+    for path in plot_claims(report, plots):
+        page.image(path, path.stem.replace("_", " "))
+    if (run_dir / "claims.md").exists():
+        page.markdown((run_dir / "claims.md").read_text())
+
+
 def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """Write RUN_DIR/report.html (or `out`) and return its path."""
     run_dir = Path(run_dir)
@@ -300,9 +311,12 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     if (run_dir / "probe.json").exists():
         _probe_section(page, run_dir / "probe.json", plots)
         found = True
+    if (run_dir / "claims.json").exists():
+        _claims_section(page, run_dir, plots)
+        found = True
     if not found:
         raise FileNotFoundError(f"{run_dir} holds no preftune run (no train_summary.json, metrics.jsonl, rl_summary.json, summary.json, "
-                                f"online_summary.json, results.json, sweep.json or probe.json)")
+                                f"online_summary.json, results.json, sweep.json, probe.json or claims.json)")
     path = Path(out) if out else run_dir / "report.html"
     path.write_text(page.render())
     return path

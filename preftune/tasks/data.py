@@ -17,6 +17,7 @@ import json
 import random
 from pathlib import Path
 
+from preftune.data.formats import usable_response
 from preftune.sampling import sample
 from preftune.tasks.labellers import Labeller
 
@@ -33,9 +34,10 @@ def pairs_from_samples(task, samples, pairing: str = "best-worst", labeller: Lab
     objectives = getattr(task, "objectives", ())
     rows = []
     for prompt, texts in zip(samples.prompts, samples.texts):
-        # A blank sample (the model stopped at once) is not a usable response: the data layer
-        # rejects empty text, so such samples take no part in pairs (counted by the caller).
-        kept = [t for t in texts if t.strip()]
+        # A blank sample (the model stopped at once) or one with a NUL byte (a barely trained
+        # model samples arbitrary bytes) is not a usable response: the data layer rejects such
+        # text, so these samples take no part in pairs (counted by the caller).
+        kept = [t for t in texts if usable_response(t)]
         if pairing != "listwise":
             kept = list(dict.fromkeys(kept))  # a pair of identical texts teaches nothing
         if not kept:
@@ -86,7 +88,7 @@ def build_task_rows(task, task_cfg, kind: str, model, tokenizer, seed: int, prog
     labeller = task_labeller(task, task_cfg)
     rows = pairs_from_samples(task, samples, "listwise" if kind == "listwise" else task_cfg.pairing, labeller, seed)
     scores = [task.score(p, t) for _, p, t, _ in samples.flat()]
-    blank = sum(not t.strip() for _, _, t, _ in samples.flat())
+    blank = sum(not usable_response(t) for _, _, t, _ in samples.flat())
     stats = {"prompts": len(prompts), "samples": len(scores), "blank_samples": blank, "pairs": len(rows),
              "sample_gold_reward": sum(scores) / len(scores), "sampling_tokens_per_s": samples.tokens_per_s,
              **label_stats(rows, labeller)}

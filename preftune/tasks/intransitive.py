@@ -45,14 +45,15 @@ class IntransitiveTask:
     rankings / noise: one entry per annotator (rankings best first over style indices).
     reference_mix: style frequencies of `demonstrations`, hence of the SFT policy.
     prompts: number of distinct guests; the first `test_fraction` of them (after a seeded
-    shuffle) are the test prompts.
+    shuffle) are the test prompts, the next `validation_fraction` the validation prompts (none by
+    default), the rest the train prompts: the three splits never share a guest.
     """
 
     name = "intransitive"
 
     def __init__(self, rankings: Sequence[Sequence[int]] = RANKINGS, noise: Sequence[float] = NOISE,
                  reference_mix: Sequence[float] = REFERENCE_MIX, prompts: int = 225, test_fraction: float = 0.2,
-                 seed: int = 0):
+                 seed: int = 0, validation_fraction: float = 0.0):
         if len(rankings) != len(noise):
             raise ValueError("intransitive: one noise level per annotator ranking")
         if len(reference_mix) != len(STYLES) or abs(sum(reference_mix) - 1) > 1e-9:
@@ -65,7 +66,11 @@ class IntransitiveTask:
             raise ValueError(f"intransitive: at most {len(names)} prompts")
         random.Random(seed).shuffle(names)
         n_test = max(1, int(prompts * test_fraction))
-        self._splits = {"test": names[:n_test], "train": names[n_test:]}
+        n_validation = int(prompts * validation_fraction)
+        if n_test + n_validation >= prompts:
+            raise ValueError("intransitive: test and validation guests leave no train guests")
+        self._splits = {"test": names[:n_test], "validation": names[n_test:n_test + n_validation],
+                        "train": names[n_test + n_validation:]}
 
     # -- the Task protocol -------------------------------------------------------------------------
 
@@ -74,8 +79,9 @@ class IntransitiveTask:
         return f"Greet {guest.capitalize()}: "
 
     def prompts(self, split: str, n: int | None = None) -> list[str]:
-        if split not in self._splits:
-            raise KeyError(f"intransitive has splits 'train' and 'test', not {split!r}")
+        if split not in self._splits or not self._splits[split]:
+            raise KeyError(f"intransitive has splits {', '.join(repr(k) for k, v in self._splits.items() if v)}, "
+                           f"not {split!r} (a validation split needs validation_fraction > 0)")
         guests = self._splits[split] if n is None else self._splits[split][:n]
         return [self.format_prompt(g) for g in guests]
 

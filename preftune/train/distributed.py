@@ -14,7 +14,10 @@ where the loops meet that group:
   under DeepSpeed ZeRO-3 (the frozen reference and the reference-cache pass run outside the
   engine and need real weights); then DeepSpeed gets the settings it would otherwise read from a
   data loader the loop does not use (micro-batch size, clipping), and partitions the policy in
-  `prepare`.
+  `prepare`;
+- `gathered`, `from_main`, `summed`, `average_gradients`: the online loop's exchanges (each process
+  samples and judges its share, the rows are gathered once, the main process evaluates, the
+  gradients are averaged before every step; train/online*.py).
 """
 from __future__ import annotations
 

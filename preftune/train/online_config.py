@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Union
 
 
-from preftune.config import (ModelConfig, TrainConfig, merge_recipe, read_recipe, to_dict,
+from preftune.config import (ConfigError, ModelConfig, TrainConfig, merge_recipe, read_recipe, to_dict,
                              with_overrides)
 
 
@@ -78,6 +78,8 @@ class ScheduleConfig:
 @dataclass
 class OnlineEvalConfig:
     prompts: int = 32                    # held-out prompts
+    split: str = "test"                  # which held-out prompts: test, or validation (a task that has one,
+                                         # e.g. intransitive with task_options.validation_fraction)
     samples_per_prompt: int = 4          # for the sampled win-rate against the initial policy
     gap_beta: float = 0.1                # beta of the KL-regularised duality gap (reference: the initial policy)
     temperature: float = 1.0
@@ -114,4 +116,7 @@ def load_online_config(path: str | Path | None = None, overrides: list[str] | No
     data = to_dict(OnlineConfig())
     if path is not None:  # a recipe's loss and free-form options replace the defaults, never merge
         merge_recipe(data, read_recipe(path, "an online recipe"), replaced=("loss", "options", "task_options"))
-    return with_overrides(OnlineConfig, data, overrides)
+    cfg = with_overrides(OnlineConfig, data, overrides)
+    if cfg.eval.split not in ("test", "validation"):
+        raise ConfigError(f"eval.split must be 'test' or 'validation', got {cfg.eval.split!r}")
+    return cfg

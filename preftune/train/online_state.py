@@ -35,7 +35,7 @@ class OnlineLoop:
         self.device = accelerator.device
         self.train_prompts = self.task.prompts("train")
         random.Random(cfg.train.seed).shuffle(self.train_prompts)
-        self.eval_prompts = self.task.prompts("test", cfg.eval.prompts)
+        self.eval_prompts = self.task.prompts(cfg.eval.split, cfg.eval.prompts)
         self.initial_eval: dict = {}
 
     def domain_of(self, t: int) -> int:
