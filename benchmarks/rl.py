@@ -30,6 +30,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -214,7 +215,8 @@ def markdown(report: dict) -> str:
              f"{report['load_start']} at the start, {report['load_end']} at the end (the machine was shared; wall "
              "times depend on load, the numbers do not).", "",
              f"CPU time of the runs {report['cpu_seconds'] / 60:.1f} min (each run one thread; on 2 idle cores about half "
-             "of it is the wall time, plus the SFT models' training when they are not cached).", "",
+             "of it is the wall time, plus the SFT models' training when they are not cached); CPU time of the whole "
+             f"command (this process and its children, user + system) {report.get('total_cpu_seconds', 0) / 60:.1f} min.", "",
              "Mean ± std over seeds; a claim holds when the mean improves and a majority of seeds improves.", "",
              "| claim | method | baseline | verdict |", "|---|---|---|---|"]
     lines += [f"| {r['claim']} | {r['method']} | {r['baseline']} | {r['verdict']} |" for r in report["claims"]]
@@ -233,6 +235,12 @@ def markdown(report: dict) -> str:
             lines.append(f"| {r['cell']} | {r['seed']} | {first['eval/gold_reward_greedy']:.3f} | "
                          f"{last['eval/gold_reward_greedy']:.3f} | {extra} | {r['seconds']} | {r['cpu_seconds']} |")
     return "\n".join(lines) + "\n"
+
+
+def total_cpu_seconds() -> float:
+    """User + system CPU time of this process and of the children it waited for (the cells' processes)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return round(own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime, 1)
 
 
 def cpu_flags() -> str:
@@ -272,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
               "wall_seconds": round(time.perf_counter() - started, 1), "machine": f"{os.cpu_count()} CPU cores, "
               f"{platform.machine()}", "cpu_flags": cpu_flags(), "jobs": args.jobs, "seeds": seeds,
               "load_start": load_start, "load_end": [round(x, 2) for x in os.getloadavg()], "sft_models": models,
-              "cpu_seconds": sum(r["cpu_seconds"] or 0.0 for r in results),
+              "cpu_seconds": sum(r["cpu_seconds"] or 0.0 for r in results), "total_cpu_seconds": total_cpu_seconds(),
               "claims": claims(results), "runs": results}
     args.table.parent.mkdir(parents=True, exist_ok=True)
     args.table.write_text(markdown(report))
