@@ -90,6 +90,9 @@ def run_cell(cell: tuple, seed: int, models: dict, out: Path, smoke: bool, jobs:
     else:
         overrides += [f"--model.name_or_path={models[task]}", "--warm_start.enabled=false",
                       *(SMOKE_COMMON if smoke else LM_COMMON)]
+    finished = out / "runs" / f"{slug(name)}-seed{seed}"
+    if not smoke and (finished / "rl_summary.json").exists() and (finished / "cpu_seconds.json").exists():
+        return finished_cell(name, seed, finished)  # an interrupted benchmark, run again, keeps its finished runs
     started = time.perf_counter()
     if jobs == 0:  # in this process (the smoke test)
         from preftune.rl.config import load_rl_config
@@ -117,6 +120,14 @@ def run_cell(cell: tuple, seed: int, models: dict, out: Path, smoke: bool, jobs:
     cpu = json.loads(cpu_path.read_text())["cpu_seconds"] if cpu_path.exists() else None
     return {"cell": name, "seed": seed, "code": code, "seconds": round(time.perf_counter() - started, 1),
             "cpu_seconds": cpu, "summary": summary}
+
+
+def finished_cell(name: str, seed: int, run_dir: Path) -> dict:
+    """A run that an earlier, interrupted invocation finished: its numbers, and the run's own wall time."""
+    summary = json.loads((run_dir / "rl_summary.json").read_text())
+    cpu = json.loads((run_dir / "cpu_seconds.json").read_text())["cpu_seconds"]
+    return {"cell": name, "seed": seed, "code": 0, "seconds": summary.get("wall_seconds"), "cpu_seconds": cpu,
+            "summary": summary, "reused": True}
 
 
 def one(recipe: str, overrides: list[str]) -> int:
@@ -217,6 +228,9 @@ def markdown(report: dict) -> str:
              f"CPU time of the runs {report['cpu_seconds'] / 60:.1f} min (each run one thread; on 2 idle cores about half "
              "of it is the wall time, plus the SFT models' training when they are not cached); CPU time of the whole "
              f"command (this process and its children, user + system) {report.get('total_cpu_seconds', 0) / 60:.1f} min.", "",
+             *([f"{reused} runs were finished by an earlier invocation that was stopped, and kept (their wall time "
+                "is the run's own; the command's wall time above counts only this invocation)", ""]
+               if (reused := sum(bool(r.get("reused")) for r in report["runs"])) else []),
              "Mean ± std over seeds; a claim holds when the mean improves and a majority of seeds improves.", "",
              "| claim | method | baseline | verdict |", "|---|---|---|---|"]
     lines += [f"| {r['claim']} | {r['method']} | {r['baseline']} | {r['verdict']} |" for r in report["claims"]]

@@ -40,3 +40,17 @@ def test_verdict_needs_the_mean_and_a_majority_of_seeds():
     assert bench.verdict([0.5, -0.1, -0.1]) == "does not hold"  # mean up, majority down
     assert bench.verdict([0.0, 0.0, 0.0]) == "does not hold"
     assert bench.stats([1.0, 2.0, 3.0]) == "2.000 ± 1.000"
+
+
+def test_a_run_finished_by_an_interrupted_invocation_is_kept(tmp_path):
+    bench = load_benchmark()
+    run_dir = tmp_path / "runs" / "pdppo-seed1"
+    run_dir.mkdir(parents=True)
+    summary = {"kind": "lot-sizing", "final": {"eval/expected_return": -7.5, "eval/greedy_return": -7.2},
+               "wall_seconds": 12.5}
+    (run_dir / "rl_summary.json").write_text(json.dumps(summary))
+    (run_dir / "cpu_seconds.json").write_text(json.dumps({"cpu_seconds": 9.0}))
+    cell = next(c for c in bench.CELLS if c[0] == "pdppo")
+    result = bench.run_cell(cell, 1, {}, tmp_path, smoke=False, jobs=2)  # would start a process if it ran
+    assert result == {"cell": "pdppo", "seed": 1, "code": 0, "seconds": 12.5, "cpu_seconds": 9.0, "summary": summary,
+                      "reused": True}
