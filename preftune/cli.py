@@ -207,18 +207,13 @@ def cmd_online(args, overrides: list[str]) -> int:
     summary = json.loads((run_dir / "online_summary.json").read_text())
     keys = [k for k in ("duality_gap", "win_rate_vs_initial", "sampled_win_rate_vs_initial", "gold_score")
             if k in summary["iterations"][0]]
-    print_iterations(summary, keys)
-    print(f"run directory: {run_dir} (online_summary.json, online_curve.png, iterations/)")
-    return 0
-
-
-def print_iterations(summary: dict, keys: list[str], names: list[str] | None = None, width: int = 28) -> None:
-    """The per-iteration table `online` and `rl` print at the end of a run (`names` heads the columns)."""
     print(f"\n{summary['method']} on {summary['task']}: {len(summary['iterations']) - 1} iterations, "
           f"{summary['wall_seconds']:.0f} s")
-    print("iteration  " + "  ".join(f"{name:>{width}}" for name in names or keys))
+    print("iteration  " + "  ".join(f"{k:>28}" for k in keys))
     for row in summary["iterations"]:
-        print(f"{row['iteration']:>9}  " + "  ".join(f"{row.get(k, float('nan')):>{width}.4f}" for k in keys))
+        print(f"{row['iteration']:>9}  " + "  ".join(f"{row.get(k, float('nan')):>28.4f}" for k in keys))
+    print(f"run directory: {run_dir} (online_summary.json, online_curve.png, iterations/)")
+    return 0
 
 
 def cmd_push(args, _) -> int:

@@ -48,9 +48,11 @@ def cmd_rl(args, overrides: list[str]) -> int:
         keys = [k for k in ("eval/gold_reward", "eval/gold_reward_greedy", "eval/search_gold_reward", "eval/kl")
                 if k in summary["iterations"][-1]]
         keys += sorted(k for k in summary["iterations"][-1] if k.startswith("eval/aspect/"))
-        from preftune.cli import print_iterations
-
-        print_iterations(summary, keys, names=[k.removeprefix("eval/") for k in keys], width=20)
+        print(f"\n{summary['method']} on {summary['task']}: {len(summary['iterations']) - 1} iterations, "
+              f"{summary['wall_seconds']:.0f} s")
+        print("iteration " + "".join(f"{k[5:]:>22}" for k in keys))
+        for row in summary["iterations"]:
+            print(f"{row['iteration']:>9} " + "".join(f"{row.get(k, float('nan')):>22.4f}" for k in keys))
     print(f"run directory: {run_dir} (rl_summary.json, metrics.jsonl); `preftune report {run_dir}`")
     return 0
 
