@@ -190,7 +190,7 @@ def run_preftune(spec: dict, out: Path, times: list) -> dict:
 
     overrides = [f"--output_dir={out}", f"--model.name_or_path={spec['model']}", f"--data.source={spec['data']}",
                  f"--data.max_length={spec['max_length']}", f"--data.max_prompt_length={spec['max_prompt_length']}",
-                 f"--loss.{spec['loss']}.beta={BETA}", f"--train.batch_size={spec['batch']}",
+                 f"--loss={spec['loss']}", f"--loss.{spec['loss']}.beta={BETA}", f"--train.batch_size={spec['batch']}",
                  f"--train.steps={spec['steps']}", f"--train.lr={spec['lr']}", "--train.warmup_ratio=0",
                  "--train.schedule=constant", "--train.weight_decay=0", "--train.max_grad_norm=1.0",
                  f"--train.precision={spec['precision']}", "--train.progress=false", "--train.seed=0",

@@ -1,5 +1,6 @@
 """The `preftune` command line: sft, train, online, eval, generate, methods, verify, quickstart, the
-measurement commands probe, sweep, bench, report (cli_measure.py), rl (cli_rl.py) and claims (cli_claims.py)."""
+measurement commands probe, sweep, bench, report (cli_measure.py), rl (cli_rl.py), claims (cli_claims.py), and
+`preftune diffusion ...` (preftune/diffusion/cli.py)."""
 from __future__ import annotations
 
 import argparse
@@ -9,7 +10,11 @@ import textwrap
 from pathlib import Path
 
 OVERRIDE_HELP = ("Any config key can be overridden as --section.key=value, e.g. --train.lr=1e-5 "
-                 "--loss.dpo.beta=0.2 --model.name_or_path=/models/qwen. Valid keys:\n")
+                 "--loss.dpo.beta=0.2 --model.name_or_path=/models/qwen. Values are checked when the config is "
+                 "read (ranges, methods and their hyperparameters). Data: data.format auto | text | chat | hh | "
+                 "sharegpt, data.columns maps other field names ({prompt: question, ...}), data.on_bad_row error | "
+                 "skip. Models load safetensors only (model.allow_pickle) and run no shipped code "
+                 "(model.trust_remote_code). Valid keys:\n")
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
@@ -31,6 +36,8 @@ def _keys_epilog() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from preftune.model_source import add_loading_flags
+
     parser = argparse.ArgumentParser(prog="preftune", description="Train generative models from preference feedback.")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -41,7 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
                            formatter_class=_Formatter)
         p.add_argument("--config", type=Path, help="YAML recipe (see configs/); overrides apply on top")
         p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CHECKPOINT",
-                       help="continue from the run's latest checkpoint, or from CHECKPOINT")
+                       help="continue from the run's latest checkpoint, or from CHECKPOINT. Ctrl-C or SIGTERM "
+                            "finishes the step in progress, saves it and exits (130, 143); --resume then "
+                            "continues exactly")
 
     p = sub.add_parser("eval", help="evaluate a model on a built-in task: gold reward, win-rate, KL, length",
                        description="Evaluate a model on the held-out prompts of a built-in task. The gold oracle "
@@ -57,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--out", type=Path, help="write the metrics here as JSON (default: MODEL/../eval.json)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_loading_flags(p)
 
     p = sub.add_parser("generate", help="sample responses from a model",
                        description="Sample responses to prompts from a model (KV-cached, batched).")
@@ -71,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beams", type=int, default=0, metavar="K",
                    help="beam search with K beams instead of sampling: the most likely response (From r to Q*)")
     p.add_argument("--json", action="store_true", help="print one JSON object per prompt")
+    add_loading_flags(p)
     from preftune import cli_rl
 
     cli_rl.add_generate_arguments(p)
@@ -99,10 +110,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("online", help="online / self-play training: iterations of sample -> judge -> pairs -> update",
                        description="Run an online method (online_dpo, dno, sppo, inpo, egpo, nash_mp, mnpo, apo, "
                                    "ofs_dpo) for several iterations; see configs/online/. Keys can be overridden "
-                                   "as --section.key=value, e.g. --iterations=5 --train.lr=1e-4.",
+                                   "as --section.key=value, e.g. --iterations=5 --train.lr=1e-4. Each iteration "
+                                   "prints the judge's counters; a judge that fails stops the run (a rejected "
+                                   "key at its first request; an iteration with more than judge.max_failure_rate "
+                                   "of failed requests, default 0.2, after saving what was done).",
                        formatter_class=_Formatter)
     p.add_argument("--config", type=Path, help="online recipe (configs/online/<method>.yaml)")
-    p.add_argument("--resume", action="store_true", help="continue a stopped run at the iteration it stopped in")
+    p.add_argument("--resume", action="store_true", help="continue a stopped run at the iteration it stopped in "
+                                                         "(Ctrl-C or SIGTERM stops at once: exit 130, 143)")
 
     p = sub.add_parser("push", help="upload a run's model, with its model card, to the Hugging Face Hub",
                        description="Upload the model directory of a run (RUN/model: weights, tokenizer and the model "
@@ -115,10 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token", help="a Hub token (default: the login or HF_TOKEN)")
 
     from preftune import cli_claims, cli_measure
+    from preftune.diffusion import cli as diffusion_cli
 
     cli_measure.add_parsers(sub, _Formatter)
     cli_rl.add_parsers(sub, _Formatter)
     cli_claims.add_parser(sub, _Formatter)
+    diffusion_cli.add_parser(sub, _Formatter)
     return parser
 
 
@@ -151,27 +168,28 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
     from preftune import cli_claims, cli_measure, cli_rl
 
-    takes_overrides = ("train", "sft", "quickstart", "online", "claims", *cli_measure.TAKES_OVERRIDES,
+    takes_overrides = ("train", "sft", "quickstart", "online", "diffusion", "claims", *cli_measure.TAKES_OVERRIDES,
                        *cli_rl.TAKES_OVERRIDES)
     if args.command not in takes_overrides:
         if extras:
             parser.error(f"unrecognised arguments: {' '.join(extras)}")
     handler = {"train": cmd_train, "sft": cmd_train, "eval": cmd_eval, "generate": cmd_generate,
                "methods": cmd_methods, "verify": cmd_verify, "quickstart": cmd_quickstart,
-               "online": cmd_online, "push": cmd_push, "claims": cli_claims.cmd_claims,
+               "online": cmd_online, "push": cmd_push, "diffusion": cmd_diffusion, "claims": cli_claims.cmd_claims,
                **cli_measure.HANDLERS, **cli_rl.HANDLERS}[args.command]
     import preftune.train  # noqa: F401  (registers the built-in models a training run makes: builtin:arithmetic-sft)
     from preftune.config import ConfigError
     from preftune.data.formats import DataError
+    from preftune.judges import JudgeError
 
     try:
         return handler(args, _overrides(parser, extras) if args.command in takes_overrides else [])
-    except (ConfigError, DataError, KeyError, ValueError, FileNotFoundError) as error:
+    except (ConfigError, DataError, JudgeError, KeyError, ValueError, FileNotFoundError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"preftune {args.command}: error: {message}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt as stop:  # the loops have saved what can be resumed and said so
+        return getattr(stop, "exit_code", 130)
 
 
 def cmd_train(args, overrides: list[str]) -> int:
@@ -192,6 +210,12 @@ def cmd_train(args, overrides: list[str]) -> int:
           f"{summary['model_dir'] or 'not saved (train.save_model: false)'}")
     print(f"run directory: {run_dir}")
     return 0
+
+
+def cmd_diffusion(args, overrides: list[str]) -> int:
+    from preftune.diffusion import cli as diffusion_cli
+
+    return diffusion_cli.run(args, overrides)
 
 
 def cmd_online(args, overrides: list[str]) -> int:
@@ -230,14 +254,14 @@ def cmd_push(args, _) -> int:
 
 def cmd_eval(args, _) -> int:
     from preftune.eval.task_eval import evaluate_on_task
-    from preftune.models import load_causal_lm, load_tokenizer
+    from preftune.model_source import flag_loading
+    from preftune.models import load_causal_lm, load_tokenizer_and_model
     from preftune.tasks import get_task
 
-    task = get_task(args.task)
-    tokenizer = load_tokenizer(args.model)
-    model = load_causal_lm(args.model)
-    baseline = load_causal_lm(args.baseline) if args.baseline else None
-    reference = load_causal_lm(args.reference) if args.reference else None
+    task, loading = get_task(args.task), flag_loading(args)
+    tokenizer, model = load_tokenizer_and_model(args.model, **loading)
+    baseline = load_causal_lm(args.baseline, **loading) if args.baseline else None
+    reference = load_causal_lm(args.reference, **loading) if args.reference else None
     metrics = evaluate_on_task(model, tokenizer, task, task.prompts("test", args.prompts), baseline=baseline,
                                reference=reference, samples_per_prompt=args.samples, temperature=args.temperature,
                                max_new_tokens=args.max_new_tokens, seed=args.seed, progress=not args.json)
@@ -257,7 +281,8 @@ def cmd_eval(args, _) -> int:
 
 
 def cmd_generate(args, _) -> int:
-    from preftune.models import load_causal_lm, load_tokenizer
+    from preftune.model_source import flag_loading
+    from preftune.models import load_tokenizer_and_model
     from preftune.sampling import sample
 
     prompts = list(args.prompt)
@@ -269,7 +294,7 @@ def cmd_generate(args, _) -> int:
         from preftune.cli_rl import generate_with_value_model
 
         return generate_with_value_model(args, prompts)
-    tokenizer, model = load_tokenizer(args.model), load_causal_lm(args.model)
+    tokenizer, model = load_tokenizer_and_model(args.model, **flag_loading(args))
     if args.beams:
         from preftune.eval.search import beam_search
 
@@ -297,11 +322,12 @@ def cmd_methods(args, _) -> int:
         print(json.dumps([{"kind": "method", **s.as_dict()} for s in specs] + [t.as_dict() for t in tools], indent=1))
         return 0
     width = max(len(s.name) for s in specs) + 2  # the longest name still leaves a gap
-    print(f"{'name':<{width}}{'seed':<16}{'family':<24}{'reference':<11}{'input':<11}{'status':<14}taxonomy")
+    kind_width = max(len(s.input_kind) for s in specs) + 2  # diffusion kinds are longer than "pairwise"
+    print(f"{'name':<{width}}{'seed':<16}{'family':<24}{'reference':<11}{'input':<{kind_width}}{'status':<14}taxonomy")
     for s in specs:
         tags = "; ".join(",".join(v) for v in s.taxonomy.values() if v)
         print(f"{s.name:<{width}}{(s.seed or '-'):<16}{s.family:<24}{('yes' if s.needs_reference else 'no'):<11}"
-              f"{s.input_kind:<11}{s.status:<14}{tags}")
+              f"{s.input_kind:<{kind_width}}{s.status:<14}{tags}")
     print(f"\n{len(specs)} methods; `preftune methods --json` gives hyperparameters, papers and checks")
     print(f"\n{'analysis tool':<28}{'seed':<22}command")
     for t in tools:

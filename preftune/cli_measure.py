@@ -14,6 +14,8 @@ BENCH_CONFIG = Path("configs/bench/full.yaml")
 
 
 def add_parsers(sub, formatter=argparse.RawDescriptionHelpFormatter) -> None:
+    from preftune.model_source import add_loading_flags
+
     p = sub.add_parser(
         "probe", help="linear separability of chosen vs rejected hidden states (More is Less)",
         formatter_class=formatter,
@@ -35,6 +37,7 @@ def add_parsers(sub, formatter=argparse.RawDescriptionHelpFormatter) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("runs/probe"), help="output directory (default: runs/probe)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_loading_flags(p)
 
     p = sub.add_parser(
         "sweep", help="gold reward vs sqrt(KL) over a beta sweep, with the fitted over-optimisation curve",
@@ -87,10 +90,12 @@ def add_parsers(sub, formatter=argparse.RawDescriptionHelpFormatter) -> None:
 
 def cmd_probe(args, _) -> int:
     from preftune.eval.probe import format_probe, run_probe
+    from preftune.model_source import flag_loading
 
     report = run_probe(args.model, args.data, args.out, layers=args.layers, pooling=args.pooling, folds=args.folds,
                        l2=args.l2, limit=args.limit, max_length=args.max_length,
-                       max_prompt_length=args.max_prompt_length, seed=args.seed, progress=not args.json)
+                       max_prompt_length=args.max_prompt_length, seed=args.seed, progress=not args.json,
+                       loading=flag_loading(args))
     if args.json:
         print(json.dumps(report, indent=1))
         return 0

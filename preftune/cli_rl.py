@@ -58,12 +58,14 @@ def cmd_rl(args, overrides: list[str]) -> int:
 
 
 def generate_with_value_model(args, prompts: list) -> int:
-    from preftune.models import load_causal_lm, load_tokenizer
+    from preftune.model_source import flag_loading
+    from preftune.models import load_tokenizer_and_model
     from preftune.rl.search import value_guided_search
     from preftune.rl.value_model import ValueModel
 
-    tokenizer, model = load_tokenizer(args.model), load_causal_lm(args.model)
-    found = value_guided_search(model, ValueModel.from_pretrained(args.value_model), tokenizer, prompts,
+    loading = flag_loading(args)  # --trust-remote-code / --allow-pickle, for the policy and the value model alike
+    tokenizer, model = load_tokenizer_and_model(args.model, **loading)
+    found = value_guided_search(model, ValueModel.from_pretrained(args.value_model, **loading), tokenizer, prompts,
                                 args.beams or 4, args.separator, args.max_new_tokens, temperature=args.temperature,
                                 seed=args.seed)
     for prompt, result in zip(prompts, found):

@@ -16,9 +16,9 @@ from typing import Any, Union
 
 import yaml
 
+from preftune.config_values import ConfigError, check_values
 
-class ConfigError(ValueError):
-    pass
+
 
 
 @dataclass
@@ -33,8 +33,15 @@ class LoraConfig:
 @dataclass
 class ModelConfig:
     name_or_path: str = "builtin:tiny"   # a local directory, a hub id, or builtin:tiny
-    dtype: str = "float32"               # weights: float32 or bfloat16
+    dtype: str = "float32"               # float32 | bfloat16: loaded, frozen copies and saved in it (trained in fp32)
     lora: LoraConfig = field(default_factory=LoraConfig)
+    trust_remote_code: bool = False      # run code shipped with the model (auto_map); read it first
+    allow_pickle: bool = False           # load pytorch_model.bin (a pickle can run code); else safetensors only
+
+    @property
+    def loading(self) -> dict:
+        """What a model load may do (preftune/model_source.py): keyword arguments of load_causal_lm."""
+        return {"trust_remote_code": self.trust_remote_code, "allow_pickle": self.allow_pickle}
 
 
 @dataclass
@@ -85,7 +92,7 @@ class TrainConfig:
     warmup_ratio: float = 0.1
     schedule: str = "linear"             # linear | cosine | constant (after warmup)
     max_grad_norm: float = 1.0           # 0 disables clipping
-    precision: str = "fp32"              # fp32 | bf16 (autocast; weights stay in model.dtype)
+    precision: str = "fp32"              # fp32 | bf16 (autocast; trainable weights are fp32 master weights)
     seed: int = 0
     log_every: int = 1
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"])  # accelerate trackers (wandb, mlflow, ...); [] none
@@ -255,6 +262,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def apply_override(data: dict, path: list[str], value: Any) -> None:
+    if len(path) == 3 and path[0] == "loss":
+        _check_loss_term_named(data.get("loss"), path)
     node = data
     for part in path[:-1]:
         child = node.get(part)
@@ -263,6 +272,22 @@ def apply_override(data: dict, path: list[str], value: Any) -> None:
             node[part] = child
         node = child
     node[path[-1]] = value
+
+
+def _check_loss_term_named(loss: Any, path: list[str]) -> None:
+    """`--loss.M.P=v` sets a hyperparameter of a method already in `loss`; it never adds a term
+    (a misspelt or forgotten method would otherwise train silently as an extra loss)."""
+    from preftune.methods.objective import build_objective
+
+    if loss is None:
+        return
+    try:
+        names = [t.spec.name for t in build_objective(loss).terms]
+    except (KeyError, ValueError):
+        return  # the loss itself is wrong: that error comes when the config is checked
+    if path[1] not in names:
+        raise ConfigError(f"--{'.'.join(path)} sets a hyperparameter of {path[1]}, which is not in loss "
+                          f"({' + '.join(names)}); set --loss={path[1]} (or add it to the recipe's loss) first")
 
 
 def _loss_string_to_dict(loss: str) -> dict:
@@ -278,7 +303,13 @@ def read_recipe(path: str | Path, what: str = "a recipe") -> dict:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"config file {path} does not exist")
-    loaded = yaml.safe_load(path.read_text()) or {}
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(f"{where}: not valid YAML: {problem}") from None
     if not isinstance(loaded, dict):
         raise ConfigError(f"{path}: {what} must be a YAML mapping")
     return loaded
@@ -296,11 +327,19 @@ def merge_recipe(defaults: dict, recipe: dict, replaced: tuple[str, ...] = ("los
 
 
 def with_overrides(cls: type, data: dict, overrides: list[str] | None):
-    """Apply `--key=value` overrides to `data` and build the typed configuration `cls`."""
-    for text in overrides or []:
-        key_path, value = parse_override(text)
+    """Apply `--key=value` overrides to `data`, build the typed configuration `cls` and check its values.
+
+    Overrides of a whole section apply before overrides of keys inside it (`--loss=simpo` before
+    `--loss.simpo.beta=3`), so their order on the command line does not matter."""
+    parsed = [parse_override(text) for text in overrides or []]
+    loss = next((f for f in dataclasses.fields(cls) if f.name == "loss"), None)
+    if loss is not None and "loss" not in data and any(path[0] == "loss" for path, _ in parsed):
+        data["loss"] = loss.default  # so that --loss.M.P=v is checked against the default objective
+    for key_path, value in sorted(parsed, key=lambda item: len(item[0])):
         apply_override(data, key_path, value)
-    return from_dict(cls, data)
+    config = from_dict(cls, data)
+    check_values(config)
+    return config
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
@@ -323,3 +362,4 @@ def valid_keys(cls: type = RunConfig, prefix: str = "") -> list[str]:
         else:
             keys.append(_join(prefix, f.name))
     return keys
+

@@ -15,6 +15,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from preftune.model_source import CONFIG_SWITCHES, explain_load_error, hub_options
+
 BUILTIN_TINY = "builtin:tiny"
 # The tiny model after the quickstart's SFT stage, trained once and cached (train/builtin_models.py).
 BUILTIN_ARITHMETIC_SFT = "builtin:arithmetic-sft"
@@ -127,31 +129,84 @@ def resolve_model_name(name_or_path: str) -> str:
     return str(_BUILTIN_MODELS[name_or_path]())
 
 
-def load_tokenizer(name_or_path: str):
+def build_once(path: Path, marker: str, build) -> Path:
+    """The cached directory `path`, built by `build(scratch_dir) -> built_dir` if `path/marker` is missing.
+
+    Concurrent processes wait on a file lock, and the directory appears only once complete (built
+    in a scratch folder, then renamed), so they share one build.
+    """
+    import fcntl
+    import shutil
+    import tempfile
+
+    path = Path(path)
+    if (path / marker).exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (path / marker).exists():
+            scratch = Path(tempfile.mkdtemp(prefix="building-", dir=path.parent))
+            built = build(scratch / "build")
+            shutil.rmtree(path, ignore_errors=True)
+            Path(built).rename(path)
+            shutil.rmtree(scratch, ignore_errors=True)
+    return path
+
+
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, switches: tuple[str, str] = CONFIG_SWITCHES):
+    """A model's tokenizer (model_source.py: a hub id must be fetchable; no model code runs unless trusted)."""
     from transformers import AutoTokenizer
 
     name_or_path = resolve_model_name(name_or_path)
     if name_or_path == BUILTIN_TINY:
         return build_tiny_tokenizer()
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    options = hub_options(name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, **options)
+    except (OSError, ValueError) as error:
+        raise explain_load_error(name_or_path, error, True, trust_remote_code, switches) from None
     if tokenizer.pad_token is None:
         # Causal LMs often ship without a pad token; padding is always masked, so EOS serves.
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 
-def load_causal_lm(name_or_path: str, dtype: str = "float32", seed: int = 0, tokenizer=None):
-    """Load a causal LM from a local directory or hub id; `builtin:tiny` builds a fresh tiny model."""
+def load_pretrained(auto_class, name_or_path: str, trust_remote_code: bool = False, allow_pickle: bool = False,
+                    switches: tuple[str, str] = CONFIG_SWITCHES, **kwargs):
+    """`auto_class.from_pretrained` (any transformers Auto model class), safely: safetensors weights
+    only unless allow_pickle, no code shipped with the model unless trust_remote_code, and a hub
+    id that cannot be fetched fails at once (model_source.py). A refusal names `switches`, the
+    keys or flags that allow it where the model was named."""
+    options = hub_options(name_or_path)
+    try:
+        return auto_class.from_pretrained(name_or_path, use_safetensors=None if allow_pickle else True,
+                                          trust_remote_code=trust_remote_code, **options, **kwargs)
+    except (OSError, ValueError) as error:
+        raise explain_load_error(name_or_path, error, allow_pickle, trust_remote_code, switches) from None
+
+
+def load_causal_lm(name_or_path: str, dtype: str = "float32", seed: int = 0, tokenizer=None,
+                   trust_remote_code: bool = False, allow_pickle: bool = False,
+                   switches: tuple[str, str] = CONFIG_SWITCHES):
+    """Load a causal LM from a local directory or hub id (load_pretrained's safe rules); `builtin:tiny`
+    builds a fresh tiny model."""
     from transformers import AutoModelForCausalLM
 
     name_or_path = resolve_model_name(name_or_path)
     if name_or_path == BUILTIN_TINY:
         model = build_tiny_model(tokenizer or build_tiny_tokenizer(), seed=seed)
         return model.to(resolve_dtype(dtype))
-    if not Path(name_or_path).exists() and "/" not in name_or_path:
-        raise FileNotFoundError(f"model {name_or_path!r} is neither a local directory nor a hub id "
-                                f"(owner/name); use {BUILTIN_TINY!r} for the built-in tiny model")
-    return AutoModelForCausalLM.from_pretrained(name_or_path, dtype=resolve_dtype(dtype))
+    return load_pretrained(AutoModelForCausalLM, name_or_path, trust_remote_code, allow_pickle, switches,
+                           dtype=resolve_dtype(dtype))
+
+
+def load_tokenizer_and_model(name_or_path: str, trust_remote_code: bool = False, allow_pickle: bool = False,
+                             switches: tuple[str, str] = CONFIG_SWITCHES):
+    """A causal LM in float32 and its tokenizer, both under the same safe-loading options."""
+    tokenizer = load_tokenizer(name_or_path, trust_remote_code, switches)
+    return tokenizer, load_causal_lm(name_or_path, tokenizer=tokenizer, trust_remote_code=trust_remote_code,
+                                     allow_pickle=allow_pickle, switches=switches)
 
 
 @dataclass
@@ -162,12 +217,13 @@ class LoraSettings:
     target_modules: list[str] | str = "all-linear"
 
 
-def add_lora(model, settings: LoraSettings):
-    """Wrap `model` with trainable LoRA adapters (peft); the base weights are frozen."""
+def add_lora(model, settings: LoraSettings, task_type: str | None = "CAUSAL_LM"):
+    """Wrap `model` with trainable LoRA adapters (peft); the base weights are frozen. task_type None
+    gives a plain PeftModel, for networks that are not causal LMs (diffusion UNets, transformers)."""
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
-                        target_modules=settings.target_modules, task_type="CAUSAL_LM")
+                        target_modules=settings.target_modules, task_type=task_type)
     return get_peft_model(model, config)
 
 
@@ -215,7 +271,7 @@ class Reference:
 
 
 def make_reference(kind: str, policy, name_or_path: str, dtype: str, needs_reference: bool,
-                   seed: int = 0) -> Reference:
+                   seed: int = 0, **loading) -> Reference:
     """Decide the reference from the objective's needs and the config's `reference` value.
 
     kind: "auto" (none if no method needs one; the LoRA-disabled policy for LoRA runs; otherwise
@@ -235,4 +291,4 @@ def make_reference(kind: str, policy, name_or_path: str, dtype: str, needs_refer
     if kind == "model":
         frozen = copy.deepcopy(policy)
         return Reference("model", frozen=frozen)
-    return Reference("model", frozen=load_causal_lm(kind, dtype, seed))
+    return Reference("model", frozen=load_causal_lm(kind, dtype, seed, **loading))

@@ -122,9 +122,10 @@ def run_pipeline(cfg: PipelineConfig, progress: bool = True, log=print) -> dict:
     log("[4/4] evaluating on held-out prompts")
     task = get_task(cfg.task, **cfg.task_options)
     prompts = task.prompts("test", cfg.eval.prompts)
-    tokenizer = load_tokenizer(sft_model)
-    reference = load_causal_lm(sft_model)
-    policy = load_causal_lm(str(pref_dir / "model"))
+    loading = pref_cfg.model.loading  # with skip_sft, sft_model is the user's base model
+    tokenizer = load_tokenizer(sft_model, pref_cfg.model.trust_remote_code)
+    reference = load_causal_lm(sft_model, **loading)
+    policy = load_causal_lm(str(pref_dir / "model"), **loading)
     options = dict(samples_per_prompt=cfg.eval.samples_per_prompt, temperature=cfg.eval.temperature,
                    max_new_tokens=cfg.eval.max_new_tokens, seed=cfg.eval.seed, progress=progress)
     before = evaluate_on_task(reference, tokenizer, task, prompts, baseline=reference, reference=reference, **options)

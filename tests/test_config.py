@@ -72,6 +72,10 @@ def test_every_yaml_recipe_in_configs_is_valid():
             from preftune.rl.config import load_rl_config
 
             load_rl_config(path)
+        elif path.parent.name == "diffusion":  # `preftune diffusion train` recipes (preftune/diffusion/config.py)
+            from preftune.diffusion.config import load_diffusion_config
+
+            load_diffusion_config(path)
         elif path.parent.name == "claims":  # `preftune claims` configs (preftune/claims/)
             from preftune.claims.config import load_claims_config
 

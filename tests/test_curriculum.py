@@ -56,7 +56,8 @@ def read_jsonl(path: Path) -> list[dict]:
 @pytest.mark.method("curry_dpo", "value")
 def test_iterative_stages_start_at_policy_equal_reference_and_chain(tiny_sft_model, tmp_path):
     rows = ranked_rows(16)
-    cfg = config(tmp_path, tiny_sft_model, "iterative", "--loss.curry_dpo.beta=0.5", "--train.steps=3",
+    cfg = config(tmp_path, tiny_sft_model, "iterative", "--loss=curry_dpo", "--loss.curry_dpo.beta=0.5",
+                 "--train.steps=3",
                  "--curriculum.pairs=chosen_fixed", "--curriculum.schedule=iterative")
     run_dir = run_training(cfg, data_source=rows)
     record = json.loads((run_dir / "curriculum.json").read_text())
@@ -84,8 +85,9 @@ def test_iterative_stages_start_at_policy_equal_reference_and_chain(tiny_sft_mod
 @pytest.mark.method("curry_dpo", "reduction")
 def test_one_stage_with_one_pair_per_prompt_reproduces_plain_dpo_bit_for_bit(tiny_sft_model, tmp_path):
     rows = ranked_rows(24, k=2)  # one pair per prompt, so one stage
-    curriculum = run_training(config(tmp_path, tiny_sft_model, "curriculum", "--loss.curry_dpo.beta=0.5", "--train.steps=3",
-                              "--curriculum.pairs=chosen_fixed"), data_source=rows)
+    curriculum = run_training(config(tmp_path, tiny_sft_model, "curriculum", "--loss=curry_dpo",
+                                     "--loss.curry_dpo.beta=0.5", "--train.steps=3", "--curriculum.pairs=chosen_fixed"),
+                              data_source=rows)
     plain = run_training(config(tmp_path, tiny_sft_model, "plain", "--loss.dpo.beta=0.5", "--train.steps=3"),
                   data_source=pairs_from_ranked_rows(rows))
     assert not (curriculum / "stages").exists()
@@ -115,7 +117,8 @@ def test_sorted_run_by_reference_margin_trains_easy_to_hard_without_shuffle(tiny
     from preftune.models import load_causal_lm, load_tokenizer
 
     rows = ranked_rows(8)
-    run_dir = run_training(config(tmp_path, tiny_sft_model, "sorted", "--loss.curry_dpo.beta=0.5", "--train.steps=3",
+    run_dir = run_training(config(tmp_path, tiny_sft_model, "sorted", "--loss=curry_dpo", "--loss.curry_dpo.beta=0.5",
+                                  "--train.steps=3",
                            "--curriculum.pairs=chosen_fixed", "--curriculum.schedule=sorted",
                            "--curriculum.order=ref_implicit_margin"), data_source=rows)
     assert load_config(run_dir / "config.yaml").train.shuffle is False

@@ -30,7 +30,8 @@ LAYERS = (
     # Measuring, judging, generating; the plots, which take data and draw it.
     ("measuring", ("preftune.eval", "preftune.judges", "preftune.tasks", "preftune.sampling", "preftune.report")),
     # Loading and saving models, caches, typed recipes.
-    ("models", ("preftune.models", "preftune.reference_cache", "preftune.config", "preftune.hub")),
+    ("models", ("preftune.models", "preftune.model_source", "preftune.reference_cache", "preftune.config",
+                "preftune.config_values", "preftune.hub")),
     # Pure objectives, their exact checks, and registries of what the library offers.
     ("methods", ("preftune.methods", "preftune.tabular", "preftune.rl.methods", "preftune.diffusion.methods",
                  "preftune.analysis_tools",
@@ -38,7 +39,11 @@ LAYERS = (
                  # RL's pure primitives and estimators (rl/__init__.py): advantages, exact soft-optimal
                  # values, MCTS trees, reasoning steps, the lot-sizing environment and its exact DP.
                  "preftune.rl.advantages", "preftune.rl.exact", "preftune.rl.tree", "preftune.rl.segment",
-                 "preftune.rl.lot_sizing", "preftune.rl.lot_sizing_dp", "preftune.rl.lot_sizing_checks")),
+                 "preftune.rl.lot_sizing", "preftune.rl.lot_sizing_dp", "preftune.rl.lot_sizing_checks",
+                 # Diffusion's pure parts (diffusion/__init__.py): the records methods see, the noise
+                 # schedules, denoise_error / step_logprob, SmPO's inversion, DDO's tabular AR model.
+                 "preftune.diffusion.records", "preftune.diffusion.schedules", "preftune.diffusion.primitives",
+                 "preftune.diffusion.inversion", "preftune.diffusion.tabular_ar")),
     # Tensors in, tensors out; the package root holds only its version.
     ("tensors", ("preftune.logps", "preftune.fastpath", "preftune.data", "preftune.records", "preftune")),
 )

@@ -578,8 +578,8 @@ def test_beta_dpo_stop_and_resume_gives_the_same_run_as_an_uninterrupted_one(tin
     def config(name):
         return load_config(None, [f"--name={name}", f"--output_dir={tmp_path}/{{name}}",
                                   f"--model.name_or_path={tiny_sft_model}", f"--data.source={pairs}",
-                                  "--data.max_length=32", "--data.max_prompt_length=16", "--loss.beta_dpo.beta=0.5",
-                                  "--loss.beta_dpo.filter_ratio=0.5", "--train.lr=1e-3", "--train.batch_size=8",
+                                  "--data.max_length=32", "--data.max_prompt_length=16", "--loss=beta_dpo",
+                                  "--loss.beta_dpo.beta=0.5", "--loss.beta_dpo.filter_ratio=0.5", "--train.lr=1e-3", "--train.batch_size=8",
                                   "--train.steps=6", "--train.progress=false"])
 
     def stop_at_step_three(step, _):
@@ -700,7 +700,8 @@ def test_tpo_variants(loss_type, expected):
 def test_tpo_ipo_uses_length_averaged_log_probs(length_normalize):
     # The official trainer averages the log-probs for loss_type ipo (and tpo-l): chosen -6 over 3
     # tokens, rejected -20 over 10, beta 0.01, alpha 0: (-2 - (-2) - 1/0.02)^2 = 2500, not (14 - 50)^2.
-    policy = Logps(sum=torch.tensor([[-6.0, -20.0, -1.0]], dtype=F64), length=torch.tensor([[3.0, 10.0, 1.0]], dtype=F64))
+    policy = Logps(sum=torch.tensor([[-6.0, -20.0, -1.0]], dtype=F64),
+                   length=torch.tensor([[3.0, 10.0, 1.0]], dtype=F64))
     out = call("tpo", policy, beta=0.01, alpha=0.0, loss_type="ipo", length_normalize=length_normalize)
     assert out.loss.item() == pytest.approx(2500.0, abs=1e-9)
     assert out.rewards[0, :2].tolist() == pytest.approx([0.01 * -2.0, 0.01 * -2.0], abs=1e-12)

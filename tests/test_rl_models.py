@@ -39,6 +39,19 @@ def test_value_model_round_trips_through_save_pretrained(tiny, tmp_path):
     torch.testing.assert_close(again(ids, torch.ones_like(ids)), before, rtol=0, atol=0)
 
 
+def test_a_pickled_value_model_loads_only_when_allowed(tiny, tmp_path):
+    model = ValueModel.from_pretrained(str(tiny))
+    model.save_pretrained(tmp_path / "vm", build_tiny_tokenizer())
+    (tmp_path / "vm" / "model.safetensors").unlink()  # the backbone's weights as older tools wrote them: a pickle
+    torch.save(model.backbone.state_dict(), tmp_path / "vm" / "pytorch_model.bin")
+    from preftune.model_source import ModelSourceError
+
+    with pytest.raises(ModelSourceError, match="model.allow_pickle: true"):
+        ValueModel.from_pretrained(str(tmp_path / "vm"))
+    loaded = ValueModel.from_pretrained(str(tmp_path / "vm"), allow_pickle=True)
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+
+
 def test_value_model_from_policy_copies_the_backbone_not_the_head(tiny):
     policy = load_causal_lm(str(tiny))
     model = ValueModel.from_policy(policy)

@@ -142,7 +142,7 @@ def detect_kind(row: dict) -> str:
         return "sft"
     raise BadRow("cannot tell the data kind: expected chosen/rejected (pairwise), completion/label or "
                  "messages/label (pointwise), prompt/completion or messages (sft), or responses (listwise); "
-                 f"the row has {sorted(keys)} (data.columns maps other field names)")
+                 f"the row has {sorted(map(str, keys))} (data.columns maps other field names)")
 
 
 # Which fields each kind reads (the rest of a row is reported as unused).
@@ -354,9 +354,46 @@ def load_examples(source: Any, kind: str = "auto", text_format: str = "auto", on
     layout = Layout(columns, text_format)
     extras = {c for _, cs in extra_column_sources(extra_columns) for c in ([cs] if isinstance(cs, str) else cs)}
     extras |= set(extra_responses)
+    detected = kind
+
+    def convert(data: dict, origin: str, report: LoadReport) -> Example:
+        # With kind "auto" the first row that shows its kind fixes it for the whole source, so a
+        # later row missing a field is reported as such rather than as a row of another kind.
+        nonlocal detected
+        try:
+            row = layout.convert(data)
+            if detected == "auto":
+                detected = detect_kind(row)
+            example = row_to_example(row, origin, detected, "auto" if text_format == "sharegpt" else text_format,
+                                     tuple(extra_columns), tuple(extra_responses))
+        except BadRow as bad:
+            bad.field = layout.source_name(bad.field)
+            raise
+        example.fields = tuple(layout.source_name(name) for name in example.fields)
+        report.unused_columns.update(set(data) - layout.consumed(data, _used_fields(detected, row)) - extras)
+        return example
+
+    return convert_rows(source, convert, on_bad_row, split, limit)
+
+
+class SkipRow(Exception):
+    """Raised by a row converter for a valid row that carries nothing to learn from (a tie): it is
+    left out and counted under `category`, whatever on_bad_row says."""
+
+    def __init__(self, category: str):
+        super().__init__(category)
+        self.category = category
+
+
+def convert_rows(source: Any, convert, on_bad_row: str = "error", split: str = "train",
+                 limit: int | None = None) -> tuple[list, LoadReport]:
+    """Every row of `source` through `convert(row, origin, report)`, which raises BadRow for a bad row
+    (an error naming origin and field, or skipped and counted with on_bad_row: skip) or SkipRow for a
+    row to leave out; at most `limit` converted rows. The text rows here and the image rows of
+    preftune/diffusion use it."""
+    if on_bad_row not in ("error", "skip"):
+        raise DataError(f"data.on_bad_row must be 'error' or 'skip', got {on_bad_row!r}")
     examples, report = [], LoadReport()
-    # With kind "auto" the first row that shows its kind fixes it for the whole source, so a
-    # later row missing a field is reported as such rather than as a row of another kind.
     for raw in read_rows(source, split):
         if limit is not None and report.kept >= limit:
             break
@@ -364,20 +401,16 @@ def load_examples(source: Any, kind: str = "auto", text_format: str = "auto", on
         try:
             if raw.error:
                 raise raw.error
-            row = layout.convert(raw.data)
-            if kind == "auto":
-                kind = detect_kind(row)
-            example = row_to_example(row, raw.origin, kind, "auto" if text_format == "sharegpt" else text_format,
-                                     tuple(extra_columns), tuple(extra_responses))
+            example = convert(raw.data, raw.origin, report)
+        except SkipRow as skip:
+            report.skipped[skip.category] += 1
+            continue
         except BadRow as bad:
-            bad.field = layout.source_name(bad.field)
             message = f"{raw.origin}: {bad.describe()}"
             if on_bad_row == "error":
                 raise DataError(message + " (set data.on_bad_row: skip to drop such rows and count them)") from None
             report.add_skip(message, bad.category)
             continue
-        example.fields = tuple(layout.source_name(name) for name in example.fields)
-        report.unused_columns.update(set(raw.data) - layout.consumed(raw.data, _used_fields(kind, row)) - extras)
         examples.append(example)
         report.kept += 1
     if not examples:

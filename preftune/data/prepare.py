@@ -43,9 +43,11 @@ def prepare_data(data_cfg, tokenizer, input_kind: str, seed: int = 0, source=Non
     The load summary (rows kept, rows skipped by reason, unused columns, truncation) is written
     through `log` (on the first process only) and kept in `PreparedData.summary()`."""
     source = data_cfg.source if source is None else source
-    if input_kind not in COMPATIBLE:  # "rollout": the losses of preftune/rl train on their own samples
-        raise DataError(f"the objective takes {input_kind} data, which comes from sampling, not from a file: "
-                        f"train it with `preftune rl --config configs/rl/<method>.yaml`")
+    if input_kind not in COMPATIBLE:  # "rollout": preftune/rl trains on its own samples; diffusion kinds: images
+        command = ("preftune rl --config configs/rl/<method>.yaml" if input_kind == "rollout"
+                   else "preftune diffusion train --config configs/diffusion/<method>.yaml")
+        raise DataError(f"the objective takes {input_kind} data, which `preftune train` does not read: "
+                        f"train it with `{command}`")
     if source in ("", None):
         raise DataError("no training data: set data.source to a file, a datasets directory or hf:owner/name")
     columns = dict(extra_columns=tuple(data_cfg.extra_columns), extra_responses=tuple(data_cfg.extra_responses),

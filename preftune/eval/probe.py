@@ -144,18 +144,19 @@ def resolve_layers(spec: str, num_layers: int) -> list[int]:
 
 def run_probe(model_path: str, source: str, out_dir: Path, *, layers: str = "last", pooling: str = "last",
               folds: int = 5, l2: float = 1.0, limit: int | None = None, task_options: dict | None = None,
-              max_length: int = 512, max_prompt_length: int = 256, seed: int = 0, progress: bool = True) -> dict:
+              max_length: int = 512, max_prompt_length: int = 256, seed: int = 0, progress: bool = True,
+              loading: dict | None = None) -> dict:
     """The probe on a model and a preference data source; writes probe.json and probe.png to out_dir.
 
     `source` is any data source `preftune train` reads. For `task:<name>` the pairs are the
     model's own samples labelled by the task's labeller, exactly as training would make them.
+    `loading`: load_causal_lm's safe-loading options (model_source.flag_loading).
     """
     from preftune.config import DataConfig, TaskDataConfig
     from preftune.data.prepare import prepare_data
-    from preftune.models import load_causal_lm, load_tokenizer
+    from preftune.models import load_tokenizer_and_model
 
-    tokenizer = load_tokenizer(model_path)
-    model = load_causal_lm(model_path)
+    tokenizer, model = load_tokenizer_and_model(model_path, **(loading or {}))
     rows, task_stats = source, {}
     if source.startswith("task:"):
         from preftune.tasks import get_task

@@ -46,7 +46,8 @@ def explain(model, reference, tokenizer, prompt, response: str, beta: float = 0.
 
 
 def main(argv: list[str] | None = None) -> int:
-    from preftune.models import load_causal_lm, load_tokenizer
+    from preftune.model_source import add_loading_flags, flag_loading
+    from preftune.models import load_causal_lm, load_tokenizer_and_model
 
     parser = argparse.ArgumentParser(prog="python -m preftune.eval.token_credit",
                                      description="Print the per-token implicit rewards of a response.")
@@ -56,10 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--response", required=True)
     parser.add_argument("--beta", type=float, default=0.1, help="the beta the policy was trained with")
     parser.add_argument("--json", action="store_true")
+    add_loading_flags(parser)
     args = parser.parse_args(argv)
-    tokenizer = load_tokenizer(args.model)
-    rows = explain(load_causal_lm(args.model), load_causal_lm(args.reference), tokenizer, args.prompt,
-                   args.response, args.beta)
+    loading = flag_loading(args)
+    tokenizer, model = load_tokenizer_and_model(args.model, **loading)
+    rows = explain(model, load_causal_lm(args.reference, **loading), tokenizer, args.prompt, args.response, args.beta)
     if args.json:
         print(json.dumps([{"token": t, "credit": c} for t, c in rows]))
     else:

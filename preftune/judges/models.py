@@ -1,7 +1,9 @@
 """Judges backed by local classifier models: a reward model and a pairwise preference model.
 
 Both load an `AutoModelForSequenceClassification` (and its tokenizer) from a directory written by
-`save_pretrained`, run it without gradients in batches, and count what they did in `stats`.
+`save_pretrained`, run it without gradients in batches, and count what they did in `stats`. They
+load as the policy does (models.load_pretrained): safetensors only unless
+`judge.options.allow_pickle`, no shipped code unless `judge.options.trust_remote_code`.
 Text is laid out as the policy's training sees it: the tokenizer's chat template when it has one
 (prompt as the user turn, response as the assistant turn), otherwise prompt and response joined.
 """
@@ -23,14 +25,17 @@ def _conversation(tokenizer, prompt, response: str) -> str:
 
 
 class _ClassifierJudge(Judge):
-    def __init__(self, path: str, device: str = "cpu", batch_size: int = 32, max_length: int = 1024):
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    def __init__(self, path: str, device: str = "cpu", batch_size: int = 32, max_length: int = 1024,
+                 allow_pickle: bool = False, trust_remote_code: bool = False):
+        from transformers import AutoModelForSequenceClassification
+
+        from preftune.model_source import JUDGE_SWITCHES
+        from preftune.models import load_pretrained, load_tokenizer
 
         super().__init__()
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForSequenceClassification.from_pretrained(path).to(device).eval()
+        self.tokenizer = load_tokenizer(path, trust_remote_code, JUDGE_SWITCHES)  # pad = EOS when it has none
+        self.model = load_pretrained(AutoModelForSequenceClassification, path, trust_remote_code, allow_pickle,
+                                     JUDGE_SWITCHES).to(device).eval()
         if self.model.config.pad_token_id is None:
             self.model.config.pad_token_id = self.tokenizer.pad_token_id
         self.device, self.batch_size, self.max_length = device, batch_size, max_length

@@ -19,9 +19,15 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from preftune.methods.hyperparameters import check_hyperparameter
+
 # "rollout": sampled responses (K = 1, or K candidate steps) with their per-token quantities as extras;
 # the reinforcement-learning losses of preftune/rl/methods take it (preftune rl, not preftune train).
-INPUT_KINDS = ("pairwise", "pointwise", "listwise", "any", "rollout")
+# The diffusion kinds are the data units of preftune/diffusion/methods (diffusion.md §11): each names
+# what one training example holds, and `preftune diffusion train` builds its records from it.
+DIFFUSION_INPUT_KINDS = ("image-pairs", "image-lists", "unpaired", "condition-pairs", "segment-pairs",
+                         "expert-online", "trajectory-pairs", "trajectories", "sample-groups")
+INPUT_KINDS = ("pairwise", "pointwise", "listwise", "any", "rollout") + DIFFUSION_INPUT_KINDS
 STATUSES = ("stable", "experimental")
 # The four axes of "A Survey of DPO" (Liu et al. 2025, offline.md §18).
 TAXONOMY_AXES = ("data_strategy", "learning_framework", "constraint_mechanism", "model_property")
@@ -102,6 +108,8 @@ class MethodSpec:
             valid = ", ".join(f"{k}={v!r}" for k, v in self.hyperparameters.items()) or "(none)"
             raise ValueError(f"method '{self.name}' has no hyperparameter {', '.join(map(repr, unknown))}; "
                              f"valid hyperparameters: {valid}")
+        for name, value in params.items():  # the RL losses' names (gamma: a discount) follow other conventions
+            check_hyperparameter(self.name, name, value, self.hyperparameters[name], ranges=self.family != "rl")
 
     def as_dict(self) -> dict[str, Any]:
         return {

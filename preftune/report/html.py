@@ -213,11 +213,14 @@ def _online_section(page: Page, run_dir: Path, plots: Path) -> None:
         page.table(["iteration", *(c.replace("_", " ") for c in group)],
                    [[r.get("iteration"), *(r.get(c) for c in group)] for r in rows],
                    f"per iteration (online_summary.json), {number} of {len(groups)}")
+    if summary.get("stopped"):
+        page.paragraph(f"The run stopped: {summary['stopped']}")
     judged = [r for r in rows if isinstance(r.get("judge"), dict)]
-    if judged:  # counters of the judge, cumulative: what it answered, and what it could not
+    if judged:  # what the judge did in each iteration: what it answered, what it could not, and the first error
         counters = [c for c in JUDGE_COUNTERS if any(c in r["judge"] for r in judged)]
-        page.table(["iteration", *counters], [[r["iteration"], *(r["judge"].get(c) for c in counters)] for r in judged],
-                   "judge counters after each iteration (answered, failed, unparseable, timeouts, retries)")
+        page.table(["iteration", *counters, "first error"],
+                   [[r["iteration"], *(r["judge"].get(c) for c in counters), r["judge"].get("first_error", "")]
+                    for r in judged], "judge counters in each iteration (online_summary.json), with the first error's text")
 
 
 def _rl_section(page: Page, run_dir: Path, plots: Path) -> None:
@@ -294,6 +297,11 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         found = True
     elif (run_dir / "summary.json").exists():
         _pipeline_section(page, run_dir, plots)
+        found = True
+    elif (run_dir / "diffusion_summary.json").exists():  # preftune diffusion train (report/diffusion.py)
+        from preftune.report.diffusion import diffusion_section
+
+        diffusion_section(page, run_dir, plots, read_metrics(run_dir))
         found = True
     elif (run_dir / "train_summary.json").exists() or (run_dir / "metrics.jsonl").exists():
         _training_section(page, run_dir, plots)

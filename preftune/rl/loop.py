@@ -94,8 +94,8 @@ def run_rl(cfg: RLConfig | LotSizingRunConfig, resume: str | bool | None = None,
     (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     started = time.perf_counter()
     task = get_task(cfg.task, **cfg.task_options)
-    tokenizer = load_tokenizer(model_path)
-    policy = load_causal_lm(model_path, cfg.model.dtype, cfg.train.seed, tokenizer).to(accelerator.device)
+    tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
+    policy = load_causal_lm(model_path, cfg.model.dtype, cfg.train.seed, tokenizer, **cfg.model.loading).to(accelerator.device)
     ctx = RLContext(cfg, task, tokenizer, policy, objective, accelerator.device, run_dir)
     prepare_models(ctx, kind, model_path, dpo_path)
     trained = [m for m in (ctx.value_model, ctx.value_head) if m is not None and ctx.wants("values")]

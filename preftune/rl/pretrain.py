@@ -17,7 +17,8 @@ def prepare_models(ctx: RLContext, algorithm: str, policy_path: str, dpo_path: s
 
     cfg, device = ctx.cfg, ctx.device
     if ctx.objective.needs_reference and algorithm != "dapo":  # DAPO's pi_ref is the policy at each iteration's start
-        ctx.reference = make_reference("model", ctx.policy, policy_path, cfg.model.dtype, True, cfg.train.seed).frozen
+        ctx.reference = make_reference("model", ctx.policy, policy_path, cfg.model.dtype, True, cfg.train.seed,
+                                       **cfg.model.loading).frozen
         ctx.reference.to(device)
     if ctx.wants("values") or algorithm == "dapo":
         if cfg.value.shared_backbone and ctx.wants("values"):
@@ -25,7 +26,8 @@ def prepare_models(ctx: RLContext, algorithm: str, policy_path: str, dpo_path: s
         elif cfg.value.name_or_path == "policy":
             ctx.value_model = ValueModel.from_policy(ctx.policy).to(device)
         else:
-            ctx.value_model = ValueModel.from_pretrained(cfg.value.name_or_path, dtype=cfg.model.dtype).to(device)
+            ctx.value_model = ValueModel.from_pretrained(cfg.value.name_or_path, dtype=cfg.model.dtype,
+                                                       **cfg.model.loading).to(device)
     if cfg.reward.source in ("aspects", "learned") or (cfg.reward.source == "task" and getattr(ctx.task, "objectives", None)):
         ctx.aspect_names = aspect_names(ctx.task, cfg)
     if cfg.reward.source == "learned":
@@ -34,10 +36,10 @@ def prepare_models(ctx: RLContext, algorithm: str, policy_path: str, dpo_path: s
     elif cfg.reward.source == "model":
         if not cfg.reward.path:
             raise ValueError("reward.source: model needs reward.path (a value model saved by preftune)")
-        ctx.reward_model = ValueModel.from_pretrained(cfg.reward.path).to(device).eval().requires_grad_(False)
+        ctx.reward_model = ValueModel.from_pretrained(cfg.reward.path, **cfg.model.loading).to(device).eval().requires_grad_(False)
         ctx.aspect_names = ctx.reward_model.head.names
     if ctx.wants("dpo"):
-        ctx.dpo_model = load_causal_lm(dpo_path, cfg.model.dtype, cfg.train.seed).to(device).eval().requires_grad_(False)
+        ctx.dpo_model = load_causal_lm(dpo_path, cfg.model.dtype, cfg.train.seed, **cfg.model.loading).to(device).eval().requires_grad_(False)
 
 
 def dpo_policy_path(cfg, policy_path: str) -> str:

@@ -67,7 +67,7 @@ def train_reward_model(cfg, task, policy, tokenizer, path: Path, device) -> Valu
     examples = [TokenizedExample(samples.prompt_ids[i], [ids], "rollout") for i, _, _, ids in items]
     held = max(1, len(examples) // 10)
     model = (ValueModel.from_policy(policy, len(names), names) if cfg.value.name_or_path == "policy" else
-             ValueModel.from_pretrained(cfg.value.name_or_path, len(names), names)).to(device)
+             ValueModel.from_pretrained(cfg.value.name_or_path, len(names), names, **cfg.model.loading)).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=r.lr)
     generator = torch.Generator().manual_seed(cfg.train.seed + 17)
     train_ids = list(range(held, len(examples)))

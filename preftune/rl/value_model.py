@@ -57,17 +57,19 @@ class ValueModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, outputs: int = 1, names: list[str] | None = None,
-                        dtype: str = "float32", seed: int = 0) -> "ValueModel":
-        """A saved value model, or a fresh zero head of `outputs` values on any causal LM's backbone."""
+                        dtype: str = "float32", seed: int = 0, **loading) -> "ValueModel":
+        """A saved value model, or a fresh zero head of `outputs` values on any causal LM's backbone.
+        `loading`: trust_remote_code / allow_pickle, as for any model (models.load_pretrained)."""
         from transformers import AutoModel
 
-        from preftune.models import BUILTIN_TINY, build_tiny_model, build_tiny_tokenizer, resolve_dtype, resolve_model_name
+        from preftune.models import (BUILTIN_TINY, build_tiny_model, build_tiny_tokenizer, load_pretrained, resolve_dtype,
+                                     resolve_model_name)
 
         path = resolve_model_name(name_or_path)
         if path == BUILTIN_TINY:
             backbone = build_tiny_model(build_tiny_tokenizer(), seed=seed).model.to(resolve_dtype(dtype))
         else:
-            backbone = AutoModel.from_pretrained(path, dtype=resolve_dtype(dtype))
+            backbone = load_pretrained(AutoModel, path, dtype=resolve_dtype(dtype), **loading)
         config_file = Path(path) / HEAD_CONFIG
         if config_file.exists():
             config = json.loads(config_file.read_text())

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 from preftune.config import DataConfig, RunConfig, TaskDataConfig, TrainConfig, to_dict
-from preftune.models import BUILTIN_ARITHMETIC_SFT, register_builtin_model
+from preftune.models import BUILTIN_ARITHMETIC_SFT, build_once, register_builtin_model
 
 # The quickstart's tokens are short: prompts such as "37+48=" and answers of a few digits.
 SHORT_SEQUENCES = dict(max_length=32, max_prompt_length=16)
@@ -40,29 +40,8 @@ def builtin_sft_path() -> Path:
 
 
 def arithmetic_sft() -> str:
-    """The directory of builtin:arithmetic-sft, training it first if needed.
-
-    Concurrent processes wait on a file lock, and the model appears only once complete (built in a
-    scratch folder, then renamed), so they share one build.
-    """
-    import fcntl
-    import shutil
-    import tempfile
-
-    path = builtin_sft_path()
-    if (path / "config.json").exists():
-        return str(path)
-    path.parent.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.parent.parent / f"{path.parent.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (path / "config.json").exists():
-            scratch = Path(tempfile.mkdtemp(prefix="building-", dir=path.parent.parent))
-            built = train_arithmetic_sft(scratch / "sft-build")
-            shutil.rmtree(path.parent, ignore_errors=True)
-            path.parent.mkdir(parents=True)
-            Path(built).rename(path)
-            shutil.rmtree(scratch, ignore_errors=True)
-    return str(path)
+    """The directory of builtin:arithmetic-sft, training it first if needed (once, under a lock)."""
+    return str(build_once(builtin_sft_path(), "config.json", lambda scratch: train_arithmetic_sft(scratch / "sft-build")))
 
 
 def train_arithmetic_sft(folder: Path, progress: bool = True) -> Path:

@@ -142,8 +142,8 @@ def reference_margins(cfg: RunConfig, pairs: list[dict]) -> list[float]:
     from preftune.models import load_causal_lm, load_tokenizer
 
     name = cfg.reference if cfg.reference not in ("auto", "model", "lora-disabled", "none") else cfg.model.name_or_path
-    tokenizer = load_tokenizer(cfg.model.name_or_path)
-    model = load_causal_lm(name, cfg.model.dtype, cfg.train.seed, tokenizer).to(_device()).eval()
+    tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.trust_remote_code)
+    model = load_causal_lm(name, cfg.model.dtype, cfg.train.seed, tokenizer, **cfg.model.loading).to(_device()).eval()
     tokenization = Tokenization(tokenizer, cfg.data.max_length, cfg.data.max_prompt_length, "truncate")
     examples = [tokenization(row_to_example(p, f"pair {i}", "pairwise", cfg.data.format)) for i, p in enumerate(pairs)]
     margins = []

@@ -13,6 +13,7 @@ from typing import Union
 
 from preftune.config import (ConfigError, ModelConfig, TrainConfig, merge_recipe, read_recipe, to_dict,
                              with_overrides)
+from preftune.judges import check_judge_options
 
 
 @dataclass
@@ -44,6 +45,8 @@ class JudgeConfig:
     labels: str = "probability"          # probability (the judge's P) | bernoulli (a binary winner drawn from it)
     options: dict = field(default_factory=dict)  # e.g. {path: ...} or {base_url, model, timeout, max_retries,
                                                  #       max_concurrency, instructions}; the key from the env
+    max_failure_rate: float = 0.2        # a round of judging whose failed + unparseable requests exceed this
+                                         # fraction stops the run (with the counts and the first error)
 
 
 @dataclass
@@ -117,6 +120,10 @@ def load_online_config(path: str | Path | None = None, overrides: list[str] | No
     if path is not None:  # a recipe's loss and free-form options replace the defaults, never merge
         merge_recipe(data, read_recipe(path, "an online recipe"), replaced=("loss", "options", "task_options"))
     cfg = with_overrides(OnlineConfig, data, overrides)
+    try:  # a misspelt judge option fails now, listing the valid ones, not when the judge is built
+        check_judge_options(cfg.judge.kind, cfg.judge.options)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     if cfg.eval.split not in ("test", "validation"):
         raise ConfigError(f"eval.split must be 'test' or 'validation', got {cfg.eval.split!r}")
     return cfg

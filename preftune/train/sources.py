@@ -22,14 +22,16 @@ def run_data(cfg: RunConfig, rows=None) -> PreparedData:
     from preftune.models import load_tokenizer
 
     objective = build_objective(cfg.loss)
-    tokenizer = load_tokenizer(cfg.model.name_or_path)
+    tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.trust_remote_code)
     origin = {}
     if rows is None and cfg.data.source.startswith("task:"):
         kind = cfg.data.kind if cfg.data.kind != "auto" else \
             {"any": "sft", "listwise": "listwise"}.get(objective.input_kind, "pairwise")
         rows, stats = materialize_task_rows(cfg, kind)
         origin = {"task": stats}
-    data = prepare_data(cfg.data, tokenizer, objective.input_kind, cfg.train.seed, rows)
+    # The load summary is printed with the progress bars (a bench's workers run quiet); it is in the summary either way.
+    data = prepare_data(cfg.data, tokenizer, objective.input_kind, cfg.train.seed, rows,
+                        log=print if cfg.train.progress else None)
     data.origin.update(origin)
     return data
 
@@ -66,11 +68,12 @@ def task_rows(cfg: RunConfig, kind: str) -> tuple[list[dict], dict]:
     from preftune.tasks.data import build_task_rows
 
     task = source_task(cfg)
-    tokenizer = load_tokenizer(cfg.model.name_or_path)
+    tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.trust_remote_code)
     model = None
     if kind != "sft":  # demonstrations need no model
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        model = load_causal_lm(cfg.model.name_or_path, cfg.model.dtype, cfg.train.seed, tokenizer).to(device)
+        model = load_causal_lm(cfg.model.name_or_path, cfg.model.dtype, cfg.train.seed, tokenizer,
+                               **cfg.model.loading).to(device)
     return build_task_rows(task, cfg.data.task, kind, model, tokenizer, cfg.train.seed, cfg.train.progress)
 
 
