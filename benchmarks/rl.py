@@ -2,6 +2,9 @@
 
     python benchmarks/rl.py                  # the full table: benchmarks/results/rl.md and rl.json
     python benchmarks/rl.py --smoke --out /tmp/rl-smoke --table /tmp/rl-smoke/rl.md   # CI: tiny and fast
+    python benchmarks/rl.py --collect        # run nothing: the table of the runs finished so far under --out
+
+Run again after an interruption, it keeps the runs already finished under --out and makes the rest.
 
 Every cell is one `preftune rl` run (configs/rl/<recipe>.yaml with the overrides below), seeds 0-2. The
 language-model cells start from one SFT model per task (the recipes' warm start, seed 0), built first
@@ -130,6 +133,14 @@ def finished_cell(name: str, seed: int, run_dir: Path) -> dict:
             "summary": summary, "reused": True}
 
 
+def collected(name: str, seed: int, out: Path) -> dict:
+    """--collect: a finished run's numbers, or a row saying the run was not made."""
+    run_dir = out / "runs" / f"{slug(name)}-seed{seed}"
+    if (run_dir / "rl_summary.json").exists() and (run_dir / "cpu_seconds.json").exists():
+        return finished_cell(name, seed, run_dir)
+    return {"cell": name, "seed": seed, "code": None, "seconds": None, "cpu_seconds": None, "summary": None}
+
+
 def one(recipe: str, overrides: list[str]) -> int:
     """A single cell in this (child) process, with one torch thread."""
     import torch
@@ -219,15 +230,20 @@ def claims(results: list[dict]) -> list[dict]:
 
 
 def markdown(report: dict) -> str:
+    if report.get("collected"):
+        timing = [f"Collected on {report['machine']} (CPU flags: {report['cpu_flags']}) from the runs already finished "
+                  f"under the output directory; nothing ran. CPU time of those runs {report['cpu_seconds'] / 60:.1f} min "
+                  "(each run one thread); each run's own wall time is in the last table.", ""]
+    else:
+        timing = [f"Wall time {report['wall_seconds'] / 60:.1f} min on {report['machine']} (CPU flags: {report['cpu_flags']}); "
+                  f"{report['jobs']} runs at a time, 1 torch thread each; seeds {report['seeds']}; load average "
+                  f"{report['load_start']} at the start, {report['load_end']} at the end (the machine was shared; wall "
+                  "times depend on load, the numbers do not).", "",
+                  f"CPU time of the runs {report['cpu_seconds'] / 60:.1f} min (each run one thread; on 2 idle cores about half "
+                  "of it is the wall time, plus the SFT models' training when they are not cached); CPU time of the whole "
+                  f"command (this process and its children, user + system) {report.get('total_cpu_seconds', 0) / 60:.1f} min.", ""]
     lines = [f"# RL hybrids: each catalogue claim against its baseline ({report['date']})", "",
-             f"Command: `{report['command']}`", "",
-             f"Wall time {report['wall_seconds'] / 60:.1f} min on {report['machine']} (CPU flags: {report['cpu_flags']}); "
-             f"{report['jobs']} runs at a time, 1 torch thread each; seeds {report['seeds']}; load average "
-             f"{report['load_start']} at the start, {report['load_end']} at the end (the machine was shared; wall "
-             "times depend on load, the numbers do not).", "",
-             f"CPU time of the runs {report['cpu_seconds'] / 60:.1f} min (each run one thread; on 2 idle cores about half "
-             "of it is the wall time, plus the SFT models' training when they are not cached); CPU time of the whole "
-             f"command (this process and its children, user + system) {report.get('total_cpu_seconds', 0) / 60:.1f} min.", "",
+             f"Command: `{report['command']}`", "", *timing,
              *([f"{reused} runs were finished by an earlier invocation that was stopped, and kept (their wall time "
                 "is the run's own; the command's wall time above counts only this invocation)", ""]
                if (reused := sum(bool(r.get("reused")) for r in report["runs"])) else []),
@@ -239,7 +255,8 @@ def markdown(report: dict) -> str:
     for r in report["runs"]:
         s = r["summary"]
         if s is None:
-            lines.append(f"| {r['cell']} | {r['seed']} | failed (exit {r['code']}) | | | {r['seconds']} | |")
+            state = "not run" if r["code"] is None else f"failed (exit {r['code']})"
+            lines.append(f"| {r['cell']} | {r['seed']} | {state} | | | {r['seconds']} | |")
         elif s["kind"] == "lot-sizing":
             lines.append(f"| {r['cell']} | {r['seed']} | – | {s['final']['eval/expected_return']:.3f} | greedy "
                          f"{s['final']['eval/greedy_return']:.3f} | {r['seconds']} | {r['cpu_seconds']} |")
@@ -278,14 +295,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "rl-bench")
     parser.add_argument("--table", type=Path, default=ROOT / "benchmarks" / "results" / "rl.md")
     parser.add_argument("--cells", nargs="+", default=None, help="only these cells (names as in the table)")
+    parser.add_argument("--collect", action="store_true", help="run nothing: the table of the runs already finished "
+                                                                 "under --out (an interrupted benchmark); the rest are "
+                                                                 "listed as not run")
     args = parser.parse_args(argv)
     seeds = args.seeds or ([0] if args.smoke else [0, 1, 2])
     cells = [c for c in CELLS if args.cells is None or c[0] in args.cells]
     args.out.mkdir(parents=True, exist_ok=True)
     load_start, started = [round(x, 2) for x in os.getloadavg()], time.perf_counter()
-    models = sft_models({c[2] for c in cells if c[2]}, args.smoke)
+    models = {} if args.collect else sft_models({c[2] for c in cells if c[2]}, args.smoke)
     jobs = [(cell, seed) for seed in seeds for cell in cells]
-    if args.jobs == 0:
+    if args.collect:
+        results = [collected(cell[0], seed, args.out) for cell, seed in jobs]
+    elif args.jobs == 0:
         results = [run_cell(cell, seed, models, args.out, args.smoke, 0) for cell, seed in jobs]
     else:
         with ThreadPoolExecutor(args.jobs) as pool:
@@ -295,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{platform.machine()}", "cpu_flags": cpu_flags(), "jobs": args.jobs, "seeds": seeds,
               "load_start": load_start, "load_end": [round(x, 2) for x in os.getloadavg()], "sft_models": models,
               "cpu_seconds": sum(r["cpu_seconds"] or 0.0 for r in results), "total_cpu_seconds": total_cpu_seconds(),
-              "claims": claims(results), "runs": results}
+              "collected": args.collect, "claims": claims(results), "runs": results}
     args.table.parent.mkdir(parents=True, exist_ok=True)
     args.table.write_text(markdown(report))
     args.table.with_suffix(".json").write_text(json.dumps(report, indent=1))

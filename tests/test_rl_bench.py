@@ -54,3 +54,19 @@ def test_a_run_finished_by_an_interrupted_invocation_is_kept(tmp_path):
     result = bench.run_cell(cell, 1, {}, tmp_path, smoke=False, jobs=2)  # would start a process if it ran
     assert result == {"cell": "pdppo", "seed": 1, "code": 0, "seconds": 12.5, "cpu_seconds": 9.0, "summary": summary,
                       "reused": True}
+
+
+def test_collect_makes_the_table_of_the_finished_runs_and_lists_the_rest_as_not_run(tmp_path):
+    bench = load_benchmark()
+    for name, value in (("pdppo", -7.2), ("ppo--lot-sizing", -7.4)):
+        run_dir = tmp_path / "runs" / f"{name}-seed0"
+        run_dir.mkdir(parents=True)
+        final = {"eval/expected_return": value, "eval/greedy_return": value, "eval/optimum": -7.1}
+        (run_dir / "rl_summary.json").write_text(json.dumps({"kind": "lot-sizing", "final": final, "wall_seconds": 3.0}))
+        (run_dir / "cpu_seconds.json").write_text(json.dumps({"cpu_seconds": 2.0}))
+    table = tmp_path / "rl.md"
+    assert bench.main(["--collect", "--seeds", "0", "--out", str(tmp_path), "--table", str(table)]) == 1  # runs missing
+    text = table.read_text()
+    assert "| pdppo: PDPPO's expected return > PPO's (exact, by DP); DP optimum -7.100 | -7.200 | -7.400 | holds |" in text
+    assert "| rto | 0 | not run |" in text and "2 runs were finished by an earlier invocation" in text
+    assert not (tmp_path / "runs" / "rto-seed0").exists()  # nothing ran
