@@ -1,5 +1,5 @@
 """The `preftune` command line: sft, train, online, eval, generate, methods, verify, quickstart, the
-measurement commands probe, sweep, bench, report (cli_measure.py), claims (cli_claims.py), and
+measurement commands probe, sweep, bench, report (cli_measure.py), rl (cli_rl.py), claims (cli_claims.py), and
 `preftune diffusion ...` (preftune/diffusion/cli.py)."""
 from __future__ import annotations
 
@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="beam search with K beams instead of sampling: the most likely response (From r to Q*)")
     p.add_argument("--json", action="store_true", help="print one JSON object per prompt")
     add_loading_flags(p)
+    from preftune import cli_rl
+
+    cli_rl.add_generate_arguments(p)
 
     p = sub.add_parser("methods", help="list the registered methods",
                        description="List every registered method with its catalogue seed, family, needs and status, "
@@ -130,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     from preftune.diffusion import cli as diffusion_cli
 
     cli_measure.add_parsers(sub, _Formatter)
+    cli_rl.add_parsers(sub, _Formatter)
     cli_claims.add_parser(sub, _Formatter)
     diffusion_cli.add_parser(sub, _Formatter)
     return parser
@@ -162,16 +166,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     _quiet_libraries()
-    from preftune import cli_claims, cli_measure
+    from preftune import cli_claims, cli_measure, cli_rl
 
-    takes_overrides = ("train", "sft", "quickstart", "online", "diffusion", "claims", *cli_measure.TAKES_OVERRIDES)
+    takes_overrides = ("train", "sft", "quickstart", "online", "diffusion", "claims", *cli_measure.TAKES_OVERRIDES,
+                       *cli_rl.TAKES_OVERRIDES)
     if args.command not in takes_overrides:
         if extras:
             parser.error(f"unrecognised arguments: {' '.join(extras)}")
     handler = {"train": cmd_train, "sft": cmd_train, "eval": cmd_eval, "generate": cmd_generate,
                "methods": cmd_methods, "verify": cmd_verify, "quickstart": cmd_quickstart,
                "online": cmd_online, "push": cmd_push, "diffusion": cmd_diffusion, "claims": cli_claims.cmd_claims,
-               **cli_measure.HANDLERS}[args.command]
+               **cli_measure.HANDLERS, **cli_rl.HANDLERS}[args.command]
     import preftune.train  # noqa: F401  (registers the built-in models a training run makes: builtin:arithmetic-sft)
     from preftune.config import ConfigError
     from preftune.data.formats import DataError
@@ -285,6 +290,10 @@ def cmd_generate(args, _) -> int:
         prompts += [line for line in args.prompts_file.read_text().splitlines() if line.strip()]
     if not prompts:
         raise ValueError("give at least one --prompt or a --prompts-file")
+    if args.value_model:
+        from preftune.cli_rl import generate_with_value_model
+
+        return generate_with_value_model(args, prompts)
     tokenizer, model = load_tokenizer_and_model(args.model, **flag_loading(args))
     if args.beams:
         from preftune.eval.search import beam_search

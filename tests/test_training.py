@@ -105,11 +105,12 @@ def tiny_model(tmp_path_factory) -> str:
     return str(save_tiny_model(tmp_path_factory.mktemp("tiny") / "model"))
 
 
-def test_a_signal_between_micro_batches_then_resume_is_bit_identical(tiny_model, pairs_file, tmp_path,
-                                                                     monkeypatch):
-    """grad_accum 2, and Ctrl-C or SIGTERM between the two micro-batches of step 3: the step in progress is
-    finished and saved (a save in mid-cycle would hold accelerate's micro-batch counter half-way through an
-    accumulation), and --resume gives the uninterrupted run's weights and losses bit for bit."""
+def test_a_signal_within_gradient_accumulation_then_resume_is_bit_identical(tiny_model, pairs_file, tmp_path,
+                                                                           monkeypatch):
+    """grad_accum 2, and Ctrl-C or SIGTERM in the middle of step 3's accumulation (after the forward of its
+    first micro-batch, when accelerate's micro-batch counter stands at 5 of 6): the step in progress is finished
+    and saved (a save there would hold the counter half-way through a cycle, so a resumed run would step after
+    one micro-batch), and --resume gives the uninterrupted run's weights and losses bit for bit."""
     from preftune.train import loop
 
     args = ("--train.steps=5", "--train.batch_size=4", "--train.grad_accum=2")
@@ -118,13 +119,14 @@ def test_a_signal_between_micro_batches_then_resume_is_bit_identical(tiny_model,
     for signum in (signal.SIGINT, signal.SIGTERM):
         calls = []
 
-        def signal_before_the_sixth_micro_batch(*arguments, **options):
+        def signal_within_step_3(*arguments, **options):
+            out = forward(*arguments, **options)
             calls.append(1)
-            if len(calls) == 6:  # micro-batches 1-2 are step 1, 3-4 step 2, 5-6 step 3
+            if len(calls) == 5:  # micro-batches 1-2 are step 1, 3-4 step 2, 5-6 step 3
                 os.kill(os.getpid(), signum)
-            return forward(*arguments, **options)
+            return out
 
-        monkeypatch.setattr(loop, "compute_objective", signal_before_the_sixth_micro_batch)
+        monkeypatch.setattr(loop, "compute_objective", signal_within_step_3)
         cfg = config(tmp_path, tiny_model, pairs_file, f"--name=stopped-{signum}", *args)
         with pytest.raises(KeyboardInterrupt) as stopped:
             run_training(cfg)
