@@ -293,7 +293,8 @@ def write_table(record: dict, path: Path, smoke: bool = False) -> str:
               f"at the end.",
               f"Seeds {record.get('seeds', sorted({r['seed'] for r in results}))}; mean ± std over seeds. Pilot betas "
               f"(Diffusion-DPO, seed 100, grid {list(BETAS)}): " + ", ".join(f"{s} {b:g}" for s, b in betas.items()) + ".",
-              "Metrics: the final evaluation on fixed noise (1000 samples, deterministic sampler): reward (toy ground "
+              "Metrics: the final evaluation on fixed noise (1000 samples; a deterministic sampler, except DDPO and "
+              "Flow-GRPO, whose recipes name the flow SDE, evaluated with it at noise 0.7): reward (toy ground "
               "truth), target fraction (share hitting the target), on-manifold (share within 3 sigma of a mode: the "
               "quality proxy), MMD to data, KL proxy E||f_theta - f_ref||^2, implicit accuracy on held-out pairs."]
     text = table(results, betas, header)
