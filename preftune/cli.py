@@ -1,5 +1,5 @@
 """The `preftune` command line: sft, train, online, eval, generate, methods, verify, quickstart, the
-measurement commands probe, sweep, bench, report (cli_measure.py), claims (cli_claims.py), and
+measurement commands probe, sweep, bench, report (cli_measure.py), rl (cli_rl.py), claims (cli_claims.py), and
 `preftune diffusion ...` (preftune/diffusion/cli.py)."""
 from __future__ import annotations
 
@@ -48,7 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
                            formatter_class=_Formatter)
         p.add_argument("--config", type=Path, help="YAML recipe (see configs/); overrides apply on top")
         p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CHECKPOINT",
-                       help="continue from the run's latest checkpoint, or from CHECKPOINT")
+                       help="continue from the run's latest checkpoint, or from CHECKPOINT. Ctrl-C or SIGTERM "
+                            "finishes the step in progress, saves it and exits (130, 143); --resume then "
+                            "continues exactly")
 
     p = sub.add_parser("eval", help="evaluate a model on a built-in task: gold reward, win-rate, KL, length",
                        description="Evaluate a model on the held-out prompts of a built-in task. The gold oracle "
@@ -80,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="beam search with K beams instead of sampling: the most likely response (From r to Q*)")
     p.add_argument("--json", action="store_true", help="print one JSON object per prompt")
     add_loading_flags(p)
+    from preftune import cli_rl
+
+    cli_rl.add_generate_arguments(p)
 
     p = sub.add_parser("methods", help="list the registered methods",
                        description="List every registered method with its catalogue seed, family, needs and status, "
@@ -105,10 +110,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("online", help="online / self-play training: iterations of sample -> judge -> pairs -> update",
                        description="Run an online method (online_dpo, dno, sppo, inpo, egpo, nash_mp, mnpo, apo, "
                                    "ofs_dpo) for several iterations; see configs/online/. Keys can be overridden "
-                                   "as --section.key=value, e.g. --iterations=5 --train.lr=1e-4.",
+                                   "as --section.key=value, e.g. --iterations=5 --train.lr=1e-4. Each iteration "
+                                   "prints the judge's counters; a judge that fails stops the run (a rejected "
+                                   "key at its first request; an iteration with more than judge.max_failure_rate "
+                                   "of failed requests, default 0.2, after saving what was done).",
                        formatter_class=_Formatter)
     p.add_argument("--config", type=Path, help="online recipe (configs/online/<method>.yaml)")
-    p.add_argument("--resume", action="store_true", help="continue a stopped run at the iteration it stopped in")
+    p.add_argument("--resume", action="store_true", help="continue a stopped run at the iteration it stopped in "
+                                                         "(Ctrl-C or SIGTERM stops at once: exit 130, 143)")
 
     p = sub.add_parser("push", help="upload a run's model, with its model card, to the Hugging Face Hub",
                        description="Upload the model directory of a run (RUN/model: weights, tokenizer and the model "
@@ -124,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     from preftune.diffusion import cli as diffusion_cli
 
     cli_measure.add_parsers(sub, _Formatter)
+    cli_rl.add_parsers(sub, _Formatter)
     cli_claims.add_parser(sub, _Formatter)
     diffusion_cli.add_parser(sub, _Formatter)
     return parser
@@ -156,28 +166,30 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     _quiet_libraries()
-    from preftune import cli_claims, cli_measure
+    from preftune import cli_claims, cli_measure, cli_rl
 
-    takes_overrides = ("train", "sft", "quickstart", "online", "diffusion", "claims", *cli_measure.TAKES_OVERRIDES)
+    takes_overrides = ("train", "sft", "quickstart", "online", "diffusion", "claims", *cli_measure.TAKES_OVERRIDES,
+                       *cli_rl.TAKES_OVERRIDES)
     if args.command not in takes_overrides:
         if extras:
             parser.error(f"unrecognised arguments: {' '.join(extras)}")
     handler = {"train": cmd_train, "sft": cmd_train, "eval": cmd_eval, "generate": cmd_generate,
                "methods": cmd_methods, "verify": cmd_verify, "quickstart": cmd_quickstart,
                "online": cmd_online, "push": cmd_push, "diffusion": cmd_diffusion, "claims": cli_claims.cmd_claims,
-               **cli_measure.HANDLERS}[args.command]
+               **cli_measure.HANDLERS, **cli_rl.HANDLERS}[args.command]
     import preftune.train  # noqa: F401  (registers the built-in models a training run makes: builtin:arithmetic-sft)
     from preftune.config import ConfigError
     from preftune.data.formats import DataError
+    from preftune.judges import JudgeError
 
     try:
         return handler(args, _overrides(parser, extras) if args.command in takes_overrides else [])
-    except (ConfigError, DataError, KeyError, ValueError, FileNotFoundError) as error:
+    except (ConfigError, DataError, JudgeError, KeyError, ValueError, FileNotFoundError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"preftune {args.command}: error: {message}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt as stop:  # the loops have saved what can be resumed and said so
+        return getattr(stop, "exit_code", 130)
 
 
 def cmd_train(args, overrides: list[str]) -> int:
@@ -278,6 +290,10 @@ def cmd_generate(args, _) -> int:
         prompts += [line for line in args.prompts_file.read_text().splitlines() if line.strip()]
     if not prompts:
         raise ValueError("give at least one --prompt or a --prompts-file")
+    if args.value_model:
+        from preftune.cli_rl import generate_with_value_model
+
+        return generate_with_value_model(args, prompts)
     tokenizer, model = load_tokenizer_and_model(args.model, **flag_loading(args))
     if args.beams:
         from preftune.eval.search import beam_search

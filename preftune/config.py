@@ -33,7 +33,7 @@ class LoraConfig:
 @dataclass
 class ModelConfig:
     name_or_path: str = "builtin:tiny"   # a local directory, a hub id, or builtin:tiny
-    dtype: str = "float32"               # weights: float32 or bfloat16
+    dtype: str = "float32"               # float32 | bfloat16: loaded, frozen copies and saved in it (trained in fp32)
     lora: LoraConfig = field(default_factory=LoraConfig)
     trust_remote_code: bool = False      # run code shipped with the model (auto_map); read it first
     allow_pickle: bool = False           # load pytorch_model.bin (a pickle can run code); else safetensors only
@@ -92,7 +92,7 @@ class TrainConfig:
     warmup_ratio: float = 0.1
     schedule: str = "linear"             # linear | cosine | constant (after warmup)
     max_grad_norm: float = 1.0           # 0 disables clipping
-    precision: str = "fp32"              # fp32 | bf16 (autocast; weights stay in model.dtype)
+    precision: str = "fp32"              # fp32 | bf16 (autocast; trainable weights are fp32 master weights)
     seed: int = 0
     log_every: int = 1
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"])  # accelerate trackers (wandb, mlflow, ...); [] none

@@ -56,19 +56,23 @@ ALLOWED: dict[str, tuple[Any, str]] = {
     "sampler.top_p": (lambda v: 0 < v <= 1, "in (0, 1]"), "sampler.top_k": (_at_least(0), ">= 0 (0: no top-k)"),
     "sampler.max_new_tokens": (_at_least(1), ">= 1"), "sampler.batch_size": (_at_least(1), ">= 1"),
     "judge.labels": (_one_of("probability", "bernoulli"), "probability or bernoulli"),
+    "judge.max_failure_rate": _RATIO,
 }
 
 
 def check_values(config: Any, prefix: str = "") -> None:
     """Check every value that ALLOWED names (a key matches by its last sections, so a pipeline's
     `preference.train.lr` is checked as `train.lr`), the loss (methods, their hyperparameters and
-    ranges) and the keys that depend on each other; each error names the key and what it allows."""
+    ranges) and the keys that depend on each other; each error names the key and what it allows. A
+    section of another schema (the diffusion recipes' `data`) states its own rules in ALLOWED_VALUES
+    (field -> (test, allowed values)), which take the place of ALLOWED's for its fields."""
+    own = getattr(type(config), "ALLOWED_VALUES", {})
     for f in dataclasses.fields(config):
         key, value = _join(prefix, f.name), getattr(config, f.name)
         if dataclasses.is_dataclass(value):
             check_values(value, key)
             continue
-        rule = next((ALLOWED[k] for k in ALLOWED if key == k or key.endswith("." + k)), None)
+        rule = own.get(f.name) or next((ALLOWED[k] for k in ALLOWED if key == k or key.endswith("." + k)), None)
         if rule is not None and value is not None and not rule[0](value):
             raise ConfigError(f"{key} must be {rule[1]}, got {value!r}")
         if f.name == "loss" and isinstance(value, (str, dict)):

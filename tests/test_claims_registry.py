@@ -145,6 +145,17 @@ def test_the_preregistration_digest_moves_with_a_grid_or_a_seed_and_not_with_wor
     assert digest("--lr_grid=[0.00001]") != digest()
 
 
+
+def test_the_committed_preregistration_is_the_one_the_code_and_config_give():
+    """docs/claims.md's verdicts were judged under the digest its pre-registration states: a change to the
+    full config, a row module, the decision rule or the evidence accessors moves the digest, and then
+    the committed verdicts no longer describe the code. Re-register (`preftune claims --preregister`),
+    say why in docs/claims.md, and re-run the final run."""
+    claims = all_claims()
+    digest = preregistration_digest(load_claims_config("configs/claims/full.yaml"), arms_needed(claims), claims)
+    committed = (ROOT / "docs" / "claims.md").read_text().split("<!-- claims-preregistration:start -->")[1]
+    assert f"Digest `{digest}`" in committed, "docs/claims.md's pre-registration is not the current code's"
+
 def test_search_and_final_seeds_may_not_overlap():
     from preftune.config import ConfigError
 

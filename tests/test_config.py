@@ -68,6 +68,10 @@ def test_every_yaml_recipe_in_configs_is_valid():
             from preftune.bench import load_bench_config
 
             load_bench_config(path)
+        elif path.parent.name == "rl":  # `preftune rl` recipes (preftune/rl/config.py)
+            from preftune.rl.config import load_rl_config
+
+            load_rl_config(path)
         elif path.parent.name == "diffusion":  # `preftune diffusion train` recipes (preftune/diffusion/config.py)
             from preftune.diffusion.config import load_diffusion_config
 

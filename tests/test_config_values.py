@@ -70,6 +70,8 @@ def test_misspelt_judge_options_list_the_valid_ones():
         load_online_config(None, ["--judge.kind=gpt"])
     with pytest.raises(ConfigError, match="sampler.temperature must be > 0"):
         load_online_config(None, ["--sampler.temperature=0"])
+    with pytest.raises(ConfigError, match=r"judge.max_failure_rate must be in \[0, 1\], got 1.5"):
+        load_online_config(None, ["--judge.max_failure_rate=1.5"])
 
 
 def test_the_missing_base_url_message_names_the_key_that_exists(monkeypatch):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -142,3 +143,16 @@ def test_clip_reward_from_a_local_directory(tmp_path):
     assert pick(images, ["a cat", "a dog", "a cat"]).tolist() == pytest.approx((scale * scores).tolist(), rel=1e-4)
     with pytest.raises(FileNotFoundError, match="not a directory"):
         build_reward({"type": "clip", "path": str(tmp_path / "nowhere")})
+
+
+def test_recipes_accept_every_image_row_kind_and_name_the_valid_ones():
+    from preftune.config_values import ConfigError
+    from preftune.diffusion.config import DATA_KINDS, load_diffusion_config
+    from preftune.diffusion.data import KINDS
+
+    assert DATA_KINDS == KINDS
+    recipe = Path(__file__).resolve().parents[1] / "configs" / "diffusion" / "rankdpo.yaml"
+    for kind in KINDS:
+        assert load_diffusion_config(recipe, [f"--data.kind={kind}"]).data.kind == kind
+    with pytest.raises(ConfigError, match="data.kind must be auto, image-pairs, .*got 'pairwise'"):
+        load_diffusion_config(recipe, ["--data.kind=pairwise"])

@@ -2,72 +2,15 @@
 local OpenAI-compatible server that the tests start (scripted replies: good, malformed, slow, 500s)."""
 from __future__ import annotations
 
-import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import torch
+from judge_server import ScriptedServer
 
 from preftune.judges import Judge, JudgeCapabilityError, TaskJudge, build_judge, preference_matrix
 from preftune.judges.llm import LLMJudge, parse_choice, parse_ranking, parse_score
 from preftune.tasks import get_task
-
-
-# -- a scripted OpenAI-compatible server --------------------------------------------------------------------
-
-class ScriptedServer:
-    """/v1/chat/completions answered by `reply(user_message) -> (status, body-or-text, delay)`; records
-    every request and the largest number of requests in flight at once."""
-
-    def __init__(self, reply):
-        self.reply, self.requests, self.in_flight, self.max_in_flight = reply, [], 0, 0
-        self.lock = threading.Lock()
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 (http.server's naming)
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with server.lock:
-                    server.requests.append({"path": self.path, "body": body,
-                                            "auth": self.headers.get("Authorization")})
-                    server.in_flight += 1
-                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
-                try:
-                    status, content, delay = server.reply(body["messages"][-1]["content"])
-                    time.sleep(delay)
-                    payload = content if isinstance(content, str) and status != 200 else json.dumps(
-                        {"choices": [{"message": {"role": "assistant", "content": content}}]}
-                        if isinstance(content, str) else content)
-                    self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
-                    self.end_headers()
-                    self.wfile.write(payload.encode())
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
-                finally:
-                    with server.lock:
-                        server.in_flight -= 1
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 def shown(user: str) -> tuple[str, str]:
@@ -158,10 +101,44 @@ def test_rate_limits_are_retried_and_give_up_after_max_retries():
 
 
 def test_client_errors_are_not_retried():
-    with ScriptedServer(lambda user: (401, "bad key", 0.0)) as server:
+    with ScriptedServer(lambda user: (404, "no such model", 0.0)) as server:
         j = judge(server, max_retries=3)
         assert j.compare("p", "x", "y") is None
     assert len(server.requests) == 1 and j.stats.failed == 1 and j.stats.retries == 0
+    assert j.stats.first_error.startswith("HTTP 404") and "no such model" in j.stats.first_error
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_a_rejected_key_stops_at_the_first_request_and_says_where_the_key_comes_from(status, monkeypatch):
+    from preftune.judges import JudgeError
+
+    with ScriptedServer(lambda user: (status, "invalid api key", 0.0)) as server:
+        j = judge(server, max_retries=3)
+        with pytest.raises(JudgeError, match=f"HTTP {status}.*judge.options.api_key was refused"):
+            j.compare_many([("p", f"x{i}", "y") for i in range(8)])
+        with pytest.raises(JudgeError):  # and nothing more is sent
+            j.compare("p", "x", "y")
+        assert len(server.requests) == 1
+        monkeypatch.delenv("JUDGE_KEY", raising=False)
+        unset = LLMJudge(base_url=server.url, api_key_env="JUDGE_KEY")
+        with pytest.raises(JudgeError, match="no key was sent \\(JUDGE_KEY is not set\\).*judge.options.api_key"):
+            unset.compare("p", "x", "y")
+
+
+def test_failures_are_counted_with_the_first_error_text_since_a_mark():
+    replies = iter([(500, "overloaded", 0.0), (200, "A", 0.0), (200, "no idea", 0.0)])
+    with ScriptedServer(lambda user: next(replies)) as server:
+        j = judge(server, max_retries=0, shuffle=False)
+        mark = j.stats.mark()
+        assert j.compare("p", "x", "y") is None  # HTTP 500, not retried (max_retries 0)
+        between = j.stats.mark()
+        assert j.compare("p", "x", "y") == 1.0 and j.compare("p", "x", "y") is None
+    first, second = j.stats.since(mark), j.stats.since(between)
+    assert (first["requests"], first["failed"], first["unparseable"]) == (3, 1, 1)
+    assert first["first_error"] == f"no answer after 1 attempts; the last: HTTP 500 from {server.url}: overloaded"
+    assert (second["requests"], second["failed"], second["unparseable"]) == (2, 0, 1)
+    assert second["first_error"] == "a reply that is not a verdict: 'no idea'"
+    assert j.stats.first_error == first["first_error"]
 
 
 def test_slow_replies_time_out_and_are_retried():

@@ -22,7 +22,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "preftune"
 
 # Highest first. A module may import from its own layer and from any layer below it.
 LAYERS = (
-    ("cli", ("preftune.cli", "preftune.cli_measure", "preftune.cli_claims", "preftune.__main__")),
+    ("cli", ("preftune.cli", "preftune.cli_measure", "preftune.cli_rl", "preftune.cli_claims", "preftune.__main__")),
     # Whole jobs made of runs, and the pages that show them.
     ("jobs", ("preftune.pipeline", "preftune.bench", "preftune.claims", "preftune.report.html")),
     # Training loops: make data -> update on it -> evaluate.

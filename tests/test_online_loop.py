@@ -429,3 +429,77 @@ def test_two_processes_share_the_sampling_judging_and_training_and_end_with_one_
         assert pairs and [s["step"] for s in steps] == [1, 2]  # the main process logs each step once
         row = summary["iterations"][t + 1]
         assert row["full/rows"] == len(pairs) and row["full/samples"] == 16
+
+
+# -- a judge that fails stops the run ------------------------------------------------------------------------
+
+def llm_judge_overrides(tmp_path, server, iterations=2):
+    return tiny_overrides(tmp_path, iterations) + [
+        "--judge.kind=llm", f"--judge.options={{base_url: {server.url}, api_key: wrong-key, max_retries: 0}}"]
+
+
+@pytest.mark.slow
+def test_a_rejected_judge_key_stops_the_run_at_its_first_request(tmp_path, capsys):
+    from judge_server import ScriptedServer
+
+    from preftune.cli import main
+
+    recipe = Path(__file__).resolve().parents[1] / "configs" / "online" / "online_dpo.yaml"
+    with ScriptedServer(lambda user: (401, "invalid api key", 0.0)) as server:
+        code = main(["online", "--config", str(recipe), *llm_judge_overrides(tmp_path, server)])
+    error = capsys.readouterr().err
+    assert code == 2 and len(server.requests) == 1
+    assert "HTTP 401" in error and "judge.options.api_key was refused" in error and "OPENAI_API_KEY" in error
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fails_from", ["iteration 2", "iteration 1's evaluation"])
+def test_a_judge_that_fails_stops_the_run_after_saving_what_was_done(fails_from, tmp_path, capsys):
+    """The judge answers and then only fails (HTTP 500). From iteration 2 on: iteration 2 stops once it has judged
+    its samples (nothing is trained on them). From iteration 1's training on: iteration 1 stops after its
+    evaluation, its checkpoint written first. Either way the message has the counts and the first error,
+    iteration 1 is saved, the counters are printed every iteration and the report shows them."""
+    import itertools
+    import math
+    import re
+    import threading
+
+    from judge_server import ScriptedServer
+
+    from preftune.judges import JudgeError
+    from preftune.report.html import build_report
+    from preftune.train.online import run_online
+
+    recipe = Path(__file__).resolve().parents[1] / "configs" / "online" / "online_dpo.yaml"
+    cfg = load_online_config(recipe, tiny_overrides(tmp_path, 3))
+    evaluation = cfg.eval.prompts * cfg.eval.samples_per_prompt  # requests of one evaluation's win-rate
+    judging = cfg.prompts_per_iteration * math.comb(cfg.sampler.samples_per_prompt, 2)  # of one iteration's samples
+    answers, lock, broken = itertools.count(), threading.Lock(), threading.Event()
+    # From iteration 2: iteration 0's evaluation and iteration 1 are answered; else the judge breaks in training.
+    answered = evaluation + judging + evaluation if fails_from == "iteration 2" else math.inf
+
+    def reply(user):
+        with lock:
+            number = next(answers)
+        return (500, "model overloaded", 0.0) if broken.is_set() or number >= answered else (200, "A", 0.0)
+
+    with ScriptedServer(reply) as server:
+        cfg = load_online_config(recipe, llm_judge_overrides(tmp_path, server, 3))
+        with pytest.raises(JudgeError) as stopped:
+            run_online(cfg, on_step_end=lambda iteration, step, metrics: answered == math.inf and broken.set())
+    message = str(stopped.value)
+    where, failed, asked = ("iteration 2, judging the samples (full)", judging, judging) if fails_from == "iteration 2" \
+        else ("iteration 1", evaluation, judging + evaluation)
+    assert message.startswith(f"{where}: the judge failed on {failed} of {asked} requests ({failed} failed, "
+                              "0 unparseable), more than judge.max_failure_rate = 0.2"), message
+    assert "HTTP 500" in message and "model overloaded" in message
+    run_dir = cfg.run_dir
+    assert (run_dir / "checkpoints" / "iter-001").exists() and not (run_dir / "checkpoints" / "iter-002").exists()
+    summary = json.loads((run_dir / "online_summary.json").read_text())
+    assert summary["stopped"] == message and [r["iteration"] for r in summary["iterations"]] == [0, 1]
+    first = summary["iterations"][1]["judge"]  # iteration 1: its samples judged, then its evaluation
+    assert first["requests"] == judging + evaluation
+    assert first["failed"] == (0 if fails_from == "iteration 2" else evaluation)
+    assert re.search(r"iteration 1/3: .*judge: \d+ requests, \d+ failed, 0 unparseable, 0 retries", capsys.readouterr().out)
+    page = build_report(run_dir, tmp_path / "report.html").read_text()
+    assert "The run stopped" in page and "first error" in page and "model overloaded" in page

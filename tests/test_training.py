@@ -5,8 +5,10 @@ import json
 import math
 import os
 import random
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -93,6 +95,125 @@ def test_stop_and_resume_gives_the_same_parameters_as_an_uninterrupted_run(tiny_
     assert max_difference(weights(straight), weights(cfg.run_dir)) == 0.0
     assert [m["step"] for m in metrics(cfg.run_dir)] == [1, 2, 3, 4, 5, 6]
     assert [m["loss"] for m in metrics(cfg.run_dir)] == [m["loss"] for m in metrics(straight)]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> str:
+    """The built-in tiny model as initialised, saved: enough for the tests of the loop's mechanics."""
+    from preftune.models import save_tiny_model
+
+    return str(save_tiny_model(tmp_path_factory.mktemp("tiny") / "model"))
+
+
+def test_a_signal_within_gradient_accumulation_then_resume_is_bit_identical(tiny_model, pairs_file, tmp_path,
+                                                                           monkeypatch):
+    """grad_accum 2, and Ctrl-C or SIGTERM in the middle of step 3's accumulation (after the forward of its
+    first micro-batch, when accelerate's micro-batch counter stands at 5 of 6): the step in progress is finished
+    and saved (a save there would hold the counter half-way through a cycle, so a resumed run would step after
+    one micro-batch), and --resume gives the uninterrupted run's weights and losses bit for bit."""
+    from preftune.train import loop
+
+    args = ("--train.steps=5", "--train.batch_size=4", "--train.grad_accum=2")
+    straight = run_training(config(tmp_path, tiny_model, pairs_file, "--name=straight", *args))
+    forward = loop.compute_objective
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        calls = []
+
+        def signal_within_step_3(*arguments, **options):
+            out = forward(*arguments, **options)
+            calls.append(1)
+            if len(calls) == 5:  # micro-batches 1-2 are step 1, 3-4 step 2, 5-6 step 3
+                os.kill(os.getpid(), signum)
+            return out
+
+        monkeypatch.setattr(loop, "compute_objective", signal_within_step_3)
+        cfg = config(tmp_path, tiny_model, pairs_file, f"--name=stopped-{signum}", *args)
+        with pytest.raises(KeyboardInterrupt) as stopped:
+            run_training(cfg)
+        saved = [p.name for p in list_checkpoints(cfg.run_dir)]
+        monkeypatch.undo()
+        run_training(cfg, resume=True)
+        assert max_difference(weights(straight), weights(cfg.run_dir)) == 0.0, signum
+        assert [m["loss"] for m in metrics(cfg.run_dir)] == [m["loss"] for m in metrics(straight)]
+        assert saved == ["step-0000003"] and stopped.value.exit_code == 128 + signum
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_torn_metrics_line_does_not_block_resume_and_tensorboard_holds_each_step_once(tiny_model, pairs_file,
+                                                                                        tmp_path, capsys):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = config(tmp_path, tiny_model, pairs_file, "--name=torn", "--train.steps=4", "--train.checkpoint_every=2")
+    run_training(cfg)
+    with (cfg.run_dir / "metrics.jsonl").open("a") as handle:
+        handle.write('{"step": 5, "loss": 0.69')  # killed while writing a line
+    capsys.readouterr()
+    run_training(cfg, resume=str(cfg.run_dir / "checkpoints" / "step-0000002"))  # steps 3 and 4 are logged again
+    assert "dropped its torn last line" in capsys.readouterr().err
+    assert [m["step"] for m in metrics(cfg.run_dir)] == [1, 2, 3, 4]
+    events = EventAccumulator(str(cfg.run_dir / "tensorboard"))
+    events.Reload()
+    assert [event.step for event in events.Scalars("loss")] == [1, 2, 3, 4]
+
+
+def started(argv: list[str], run_dir: Path, steps: int, **options) -> subprocess.Popen:
+    """A training command, returned once it has logged `steps` steps."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, **options)
+    log = run_dir / "metrics.jsonl"
+    while not (log.exists() and len(log.read_text().splitlines()) >= steps):
+        assert process.poll() is None, process.communicate()[0][-3000:]
+        time.sleep(0.2)
+    return process
+
+
+def long_recipe(tmp_path: Path, model: str, pairs: Path) -> Path:
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"model: {{name_or_path: {model}}}\nloss: {{dpo: {{beta: 0.5}}}}\n"
+                      f"data: {{source: {pairs}, max_length: 32, max_prompt_length: 16}}\n"
+                      "train: {steps: 100000, batch_size: 4, lr: 1.0e-3, progress: false}\n")
+    return recipe
+
+
+def assert_saved_at_the_last_logged_step(run_dir: Path, processes: int) -> None:
+    [checkpoint] = list_checkpoints(run_dir)
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    assert state["interrupted"] and state["step"] == metrics(run_dir)[-1]["step"] >= 2
+    assert sorted(p.name for p in checkpoint.glob("random_states_*.pkl")) == \
+        [f"random_states_{rank}.pkl" for rank in range(processes)]  # every process saved its state
+
+
+@pytest.mark.slow
+def test_sigterm_exits_143_after_saving_the_step_in_progress(tiny_model, pairs_file, tmp_path):
+    run_dir = tmp_path / "run"
+    process = started([sys.executable, "-m", "preftune", "train", "--config",
+                       str(long_recipe(tmp_path, tiny_model, pairs_file)), f"--output_dir={run_dir}"], run_dir, 2)
+    process.send_signal(signal.SIGTERM)
+    output = process.communicate(timeout=600)[0]
+    assert process.returncode == 143, output[-3000:]
+    assert "SIGTERM: stopping after the step in progress" in output and "Traceback" not in output
+    assert_saved_at_the_last_logged_step(run_dir, 1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
+def test_sigterm_under_a_launcher_saves_on_every_process(launcher, tiny_model, pairs_file, tmp_path):
+    """SIGTERM to the launcher and its two processes (as a scheduler's preemption sends it): both processes stop
+    after the same step and save it together, none prints a traceback. `accelerate launch` then exits 143
+    with no traceback; torchrun (torch's code, not ours) prints its own SignalException and exits 1."""
+    run_dir = tmp_path / "run"
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"] if launcher == "torchrun" else \
+        [str(Path(sys.executable).with_name("accelerate")), "launch", "--multi_gpu", "--num_processes", "2"]
+    process = started([*launch, "-m", "preftune", "train", "--config", str(long_recipe(tmp_path, tiny_model, pairs_file)),
+                       f"--output_dir={run_dir}"], run_dir, 2, start_new_session=True)
+    os.killpg(process.pid, signal.SIGTERM)
+    output = process.communicate(timeout=600)[0]
+    assert_saved_at_the_last_logged_step(run_dir, 2)
+    assert str(ROOT / "preftune") not in "".join(line for line in output.splitlines(True) if line.startswith("  File "))
+    if launcher == "accelerate":
+        assert process.returncode == 143 and "Traceback" not in output, output[-3000:]
+    else:
+        assert process.returncode == 1 and "SignalException" in output
 
 
 def test_periodic_checkpoints_are_kept_and_resume_from_a_named_one(tiny_sft_model, pairs_file, tmp_path):

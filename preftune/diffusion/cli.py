@@ -24,7 +24,8 @@ def add_parser(sub, formatter) -> None:
                             epilog=_keys_epilog(), formatter_class=formatter)
     p.add_argument("--config", type=Path, help="YAML recipe (configs/diffusion/<method>.yaml)")
     p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CHECKPOINT",
-                   help="continue from the run's latest checkpoint, or from CHECKPOINT")
+                   help="continue from the run's latest checkpoint, or from CHECKPOINT (Ctrl-C or SIGTERM saves "
+                        "the last completed step)")
     p = commands.add_parser("sample", help="draw samples from a model into a PNG grid (and a .pt tensor)",
                             description="Sample from a diffusion model directory (a trained run's model/ or any "
                                         "pipeline / denoiser directory) and save a PNG grid.")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Union
+from typing import ClassVar, Union
 
 from preftune.config import LoraConfig, TrainConfig, read_recipe, with_overrides
 
@@ -36,8 +36,13 @@ class ToyDataConfig:
     steps: int = 20                      # sampler steps for the base samples
 
 
+# The row kinds of preftune/diffusion/data.py (KINDS), listed here so that reading a recipe imports no torch.
+DATA_KINDS = ("image-pairs", "image-lists", "unpaired", "condition-pairs", "segment-pairs", "prompts")
+
+
 @dataclass
 class DiffusionDataConfig:
+    ALLOWED_VALUES: ClassVar[dict] = {"kind": (lambda v: v in ("auto", *DATA_KINDS), f"auto, {', '.join(DATA_KINDS)}")}
     source: str = "toy"                  # a file / datasets dir / hf:owner/name of `kind` rows, or `toy`
     kind: str = "auto"                   # auto: the objective's input kind (online kinds read prompts)
     eval_source: str | None = None       # held-out rows of the same kind (implicit accuracy)

@@ -44,6 +44,20 @@ def _clip(tokenizer, projection: bool):
     return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config)
 
 
+def _unet(video: bool):
+    """A two-block conditional UNet (3-D for video) and SD1.5's DDIM scheduler."""
+    import diffusers
+
+    d = "3D" if video else "2D"
+    unet = getattr(diffusers, f"UNet{d}ConditionModel")(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(8, 16),
+        down_block_types=(f"CrossAttnDownBlock{d}", f"DownBlock{d}"), up_block_types=(f"UpBlock{d}", f"CrossAttnUpBlock{d}"),
+        cross_attention_dim=16, norm_num_groups=4, attention_head_dim=4 if video else 2)
+    scheduler = diffusers.DDIMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
+                                        beta_end=0.012, clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    return unet, scheduler
+
+
 def build_tiny_pipeline(kind: str = "sd", seed: int = 0):
     import diffusers
 
@@ -52,26 +66,14 @@ def build_tiny_pipeline(kind: str = "sd", seed: int = 0):
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         tokenizer = _tokenizer()
-        if kind == "video":
-            unet = diffusers.UNet3DConditionModel(
-                sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(8, 16),
-                down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"), up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
-                cross_attention_dim=16, norm_num_groups=4, attention_head_dim=4)
-            scheduler = diffusers.DDIMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
-                                                beta_end=0.012, clip_sample=False, set_alpha_to_one=False, steps_offset=1)
-            return diffusers.TextToVideoSDPipeline(vae=_vae(), text_encoder=_clip(tokenizer, False), tokenizer=tokenizer,
-                                                   unet=unet, scheduler=scheduler)
-        if kind == "sd":
-            unet = diffusers.UNet2DConditionModel(
-                sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(8, 16),
-                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-                cross_attention_dim=16, norm_num_groups=4, attention_head_dim=2)
-            scheduler = diffusers.DDIMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
-                                                beta_end=0.012, clip_sample=False, set_alpha_to_one=False,
-                                                steps_offset=1)
-            return diffusers.StableDiffusionPipeline(vae=_vae(), text_encoder=_clip(tokenizer, False), tokenizer=tokenizer,
-                                                     unet=unet, scheduler=scheduler, safety_checker=None,
-                                                     feature_extractor=None, requires_safety_checker=False)
+        if kind in ("sd", "video"):
+            unet, scheduler = _unet(kind == "video")
+            parts = dict(vae=_vae(), text_encoder=_clip(tokenizer, False), tokenizer=tokenizer, unet=unet,
+                         scheduler=scheduler)
+            if kind == "video":
+                return diffusers.TextToVideoSDPipeline(**parts)
+            return diffusers.StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None,
+                                                     requires_safety_checker=False)
         transformer = diffusers.SD3Transformer2DModel(
             sample_size=8, patch_size=2, in_channels=4, out_channels=4, num_layers=1, attention_head_dim=8,
             num_attention_heads=2, joint_attention_dim=32, caption_projection_dim=16, pooled_projection_dim=32,

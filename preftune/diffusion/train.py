@@ -221,6 +221,7 @@ def train_diffusion(cfg: DiffusionConfig, resume: str | bool | None = None, on_s
                 if on_step_end is not None:
                     on_step_end(completed, last)
     except KeyboardInterrupt:
+        # Nothing is lost: the last completed step is saved, and `--resume` continues from it.
         optimizer.zero_grad()
         save_interrupted(accelerator, run_dir, completed, start_step, last, cfg.train.keep_checkpoints)
         bar.close()

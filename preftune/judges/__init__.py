@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import inspect
 
-from preftune.judges.base import Judge, JudgeCapabilityError, JudgeStats, preference_matrix
+from preftune.judges.base import Judge, JudgeCapabilityError, JudgeError, JudgeStats, preference_matrix
 from preftune.judges.oracle import TaskJudge
 
 JUDGE_KINDS = ("task", "reward_model", "pairwise_model", "llm")
@@ -58,5 +58,5 @@ def build_judge(kind: str, task=None, **options) -> Judge:
     raise ValueError(f"unknown judge kind {kind!r}; use one of {', '.join(JUDGE_KINDS)}")
 
 
-__all__ = ["JUDGE_KINDS", "Judge", "JudgeCapabilityError", "JudgeStats", "TaskJudge", "build_judge",
+__all__ = ["JUDGE_KINDS", "Judge", "JudgeCapabilityError", "JudgeError", "JudgeStats", "TaskJudge", "build_judge",
            "check_judge_options", "judge_options", "preference_matrix"]

@@ -24,6 +24,10 @@ class JudgeCapabilityError(NotImplementedError):
     """The judge cannot answer this kind of question (e.g. a pairwise model asked for a score)."""
 
 
+class JudgeError(RuntimeError):
+    """A judge that cannot do its job (a rejected API key, too many failed requests): the run stops and says why."""
+
+
 @dataclass
 class JudgeStats:
     """What a judge did, for the run's metrics; thread-safe counters."""
@@ -36,6 +40,8 @@ class JudgeStats:
     timeouts: int = 0
     first_shown_won: int = 0   # pairwise verdicts for the candidate shown first (position-bias monitor)
     decided: int = 0           # pairwise verdicts with a winner (P != 1/2)
+    first_error: str = ""      # the text of the first failure (an HTTP status, a timeout, a reply that is no verdict)
+    _marks: list = field(default_factory=list, repr=False, compare=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add(self, **counts: int) -> None:
@@ -43,8 +49,29 @@ class JudgeStats:
             for key, value in counts.items():
                 setattr(self, key, getattr(self, key) + value)
 
+    def error(self, text: str, **counts: int) -> None:
+        """Count a failure (failed=1 or unparseable=1) and remember its text."""
+        self.add(**counts)
+        with self._lock:
+            self.first_error = self.first_error or text
+            for mark in self._marks:
+                mark["first_error"] = mark["first_error"] or text
+
     def as_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}
+
+    def mark(self) -> dict:
+        """The counters now; `since(mark)` gives what happened after, with the text of its first failure."""
+        with self._lock:
+            mark = {**self.as_dict(), "first_error": ""}
+            self._marks.append(mark)
+        return mark
+
+    def since(self, mark: dict) -> dict:
+        with self._lock:
+            self._marks = [m for m in self._marks if m is not mark]
+            now = self.as_dict()
+        return {**{k: now[k] - mark[k] for k in now if k != "first_error"}, "first_error": mark["first_error"]}
 
 
 class Judge:

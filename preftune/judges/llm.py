@@ -3,13 +3,16 @@
 Robustness is the point of this module:
 - timeouts on every request, retries with exponential backoff on timeouts, connection errors,
   HTTP 429 and 5xx (other 4xx are not retried: asking again will not help);
+- a rejected key (HTTP 401/403) stops at the first request with `JudgeError`, naming where the key
+  comes from, and no further request is sent;
 - bounded concurrency: `compare_many` runs at most `max_concurrency` requests at a time;
 - position bias: each comparison shows the two candidates in a random (seeded) order, records
   the order, and maps the answer back, so a judge that always says "A" is right only half the
   time instead of always favouring the first candidate; `stats.first_shown_won` measures it;
 - a reply that is not a verdict (no "A"/"B", both, a malformed body) is counted in
   `stats.unparseable` and returned as None, never as a preference; a request that fails after
-  its retries is counted in `stats.failed` and returned as None.
+  its retries is counted in `stats.failed` and returned as None. `stats.first_error` keeps the
+  first failure's text (the online loop stops an iteration that fails too often and shows it).
 
 The base URL and key come from the arguments or the environment (`PREFTUNE_JUDGE_BASE_URL` /
 `OPENAI_BASE_URL`, and the variable named by `api_key_env`, default `OPENAI_API_KEY`).
@@ -28,7 +31,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
-from preftune.judges.base import Comparison, Judge
+from preftune.judges.base import Comparison, Judge, JudgeError
 
 SYSTEM = "You are a careful, impartial judge of responses to user prompts."
 COMPARE = ("Which response to the prompt is better?{instructions}\n\n[Prompt]\n{prompt}\n\n[Response A]\n{a}\n\n"
@@ -72,6 +75,8 @@ class LLMJudge(Judge):
             raise ValueError("the LLM judge needs a base URL: judge.options.base_url, or PREFTUNE_JUDGE_BASE_URL / "
                              "OPENAI_BASE_URL in the environment")
         self.api_key = api_key if api_key is not None else os.environ.get(api_key_env, "")
+        self.key_source = "judge.options.api_key" if api_key is not None else f"the environment variable {api_key_env}"
+        self.api_key_env, self.key_rejected, self.reached = api_key_env, None, False
         self.model, self.timeout, self.max_retries = model, timeout, max_retries
         self.backoff, self.max_backoff, self.max_concurrency = backoff, max_backoff, max_concurrency
         self.temperature, self.max_tokens, self.shuffle = temperature, max_tokens, shuffle
@@ -87,6 +92,7 @@ class LLMJudge(Judge):
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
+        problem = ""
         for attempt in range(self.max_retries + 1):
             if attempt:
                 self.stats.add(retries=1)
@@ -98,28 +104,47 @@ class LLMJudge(Judge):
                     payload = json.loads(response.read().decode("utf-8"))
                 return payload["choices"][0]["message"]["content"]
             except urllib.error.HTTPError as error:
+                problem = f"HTTP {error.code} from {self.base_url}: {_body(error)}"
+                if error.code in (401, 403):
+                    raise self.rejected_key(problem) from error
                 if error.code not in _RETRY_STATUS:
-                    raise RequestFailed(f"HTTP {error.code} from the judge endpoint") from error
+                    raise RequestFailed(problem) from error
             except (TimeoutError, socket.timeout):
                 self.stats.add(timeouts=1)
+                problem = f"no reply from {self.base_url} within {self.timeout} s"
             except urllib.error.URLError as error:
                 if isinstance(error.reason, (TimeoutError, socket.timeout)):
                     self.stats.add(timeouts=1)
-            except (ConnectionError, http.client.HTTPException):  # reset, dropped, garbled status line
-                pass
+                problem = f"{self.base_url}: {error.reason}"
+            except (ConnectionError, http.client.HTTPException) as error:  # reset, dropped, garbled status line
+                problem = f"{self.base_url}: {type(error).__name__} {error}"
             except (ValueError, KeyError, IndexError, TypeError) as error:  # a body that is not a completion
-                raise MalformedReply(str(error)) from error
-        raise RequestFailed(f"no answer after {self.max_retries + 1} attempts")
+                raise MalformedReply(f"a reply that is not a chat completion ({type(error).__name__}: {error})") \
+                    from error
+        raise RequestFailed(f"no answer after {self.max_retries + 1} attempts; the last: {problem}")
+
+    def rejected_key(self, problem: str) -> JudgeError:
+        """The error for HTTP 401/403, naming where the key comes from; later requests raise it unsent."""
+        source = f"the key from {self.key_source} was refused" if self.api_key else \
+            f"no key was sent ({self.api_key_env} is not set)"
+        self.key_rejected = JudgeError(
+            f"the LLM judge cannot authenticate ({problem}): {source}. Set judge.options.api_key, or the "
+            f"environment variable {self.api_key_env} (judge.options.api_key_env names another variable)")
+        return self.key_rejected
 
     def _ask(self, user: str) -> str | None:
         """complete() with the outcome counted: the reply, or None after a failure."""
+        if self.key_rejected is not None:  # another request was refused the key: stop, send nothing
+            raise self.key_rejected
         self.stats.add(requests=1)
         try:
-            return self.complete(user)
-        except MalformedReply:
-            self.stats.add(unparseable=1)
-        except RequestFailed:
-            self.stats.add(failed=1)
+            reply = self.complete(user)
+            self.reached = True
+            return reply
+        except MalformedReply as error:
+            self.stats.error(str(error), unparseable=1)
+        except RequestFailed as error:
+            self.stats.error(str(error), failed=1)
         return None
 
     # -- questions -------------------------------------------------------------------------------------
@@ -127,8 +152,10 @@ class LLMJudge(Judge):
     def compare_many(self, items: Sequence[Comparison]) -> list[float | None]:
         # Orders are drawn before any request is sent, so results do not depend on thread timing.
         swapped = [self.shuffle and self.rng.random() < 0.5 for _ in items]
+        # The judge's first request goes alone: a rejected key then stops the run after one request.
+        head = [self._compare_in_order(items[0], swapped[0])] if items and not self.reached else []
         with ThreadPoolExecutor(max_workers=self.max_concurrency) as pool:
-            return list(pool.map(self._compare_in_order, items, swapped))
+            return head + list(pool.map(self._compare_in_order, items[len(head):], swapped[len(head):]))
 
     def compare(self, prompt, a: str, b: str) -> float | None:
         return self.compare_many([(prompt, a, b)])[0]
@@ -141,7 +168,7 @@ class LLMJudge(Judge):
             return None
         letter = parse_choice(reply)
         if letter is None:
-            self.stats.add(unparseable=1)
+            self.stats.error(_not_a_verdict(reply), unparseable=1)
             return None
         first_won = letter == "A"
         self.stats.add(answered=1, decided=1, first_shown_won=int(first_won))
@@ -151,7 +178,7 @@ class LLMJudge(Judge):
         reply = self._ask(SCORE.format(instructions=self.instructions, prompt=_text(prompt), response=response))
         value = None if reply is None else parse_score(reply)
         if reply is not None and value is None:
-            self.stats.add(unparseable=1)
+            self.stats.error(_not_a_verdict(reply), unparseable=1)
         elif value is not None:
             self.stats.add(answered=1)
         return value
@@ -164,12 +191,25 @@ class LLMJudge(Judge):
         reply = self._ask(RANK.format(instructions=self.instructions, prompt=_text(prompt), responses=listing))
         shown = None if reply is None else parse_ranking(reply, len(responses))
         if reply is not None and shown is None:
-            self.stats.add(unparseable=1)
+            self.stats.error(_not_a_verdict(reply), unparseable=1)
             return None
         if shown is None:
             return None
         self.stats.add(answered=1)
         return [order[n] for n in shown]
+
+
+def _body(error: urllib.error.HTTPError) -> str:
+    """The first line of an error response's body (what the endpoint said), or its reason."""
+    try:
+        text = error.read().decode("utf-8", "replace").strip()
+    except OSError:
+        text = ""
+    return (text.splitlines()[0][:200] if text else "") or str(error.reason)
+
+
+def _not_a_verdict(reply: str) -> str:
+    return f"a reply that is not a verdict: {reply[:80]!r}"
 
 
 def _text(prompt) -> str:

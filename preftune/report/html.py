@@ -1,10 +1,10 @@
 """`preftune report RUN_DIR`: one self-contained HTML page with a run's plots and summary.
 
-Works on any run directory preftune writes: a training run (metrics.jsonl, train_summary.json),
-a quickstart pipeline (summary.json and its stages), a bench (results.json), a sweep
-(sweep/sweep.json), a probe (probe.json) or `preftune claims` (claims.json). The plots are drawn
-with matplotlib and embedded as base64 PNG data URIs, so the page is one file that opens anywhere,
-offline. A few lines of script record whether every image decoded (`data-images` on <body>), which
+Works on any run directory preftune writes: a training run (metrics.jsonl, train_summary.json), an
+RL run (rl_summary.json), a quickstart pipeline (summary.json and its stages), a bench
+(results.json), a sweep (sweep/sweep.json), a probe (probe.json) or `preftune claims`
+(claims.json). The plots are drawn with matplotlib and embedded as base64 PNG data URIs, so the
+page is one file that opens anywhere, offline. A few lines of script record whether every image decoded (`data-images` on <body>), which
 the report test reads back from headless Chromium.
 """
 from __future__ import annotations
@@ -213,11 +213,36 @@ def _online_section(page: Page, run_dir: Path, plots: Path) -> None:
         page.table(["iteration", *(c.replace("_", " ") for c in group)],
                    [[r.get("iteration"), *(r.get(c) for c in group)] for r in rows],
                    f"per iteration (online_summary.json), {number} of {len(groups)}")
+    if summary.get("stopped"):
+        page.paragraph(f"The run stopped: {summary['stopped']}")
     judged = [r for r in rows if isinstance(r.get("judge"), dict)]
-    if judged:  # counters of the judge, cumulative: what it answered, and what it could not
+    if judged:  # what the judge did in each iteration: what it answered, what it could not, and the first error
         counters = [c for c in JUDGE_COUNTERS if any(c in r["judge"] for r in judged)]
-        page.table(["iteration", *counters], [[r["iteration"], *(r["judge"].get(c) for c in counters)] for r in judged],
-                   "judge counters after each iteration (answered, failed, unparseable, timeouts, retries)")
+        page.table(["iteration", *counters, "first error"],
+                   [[r["iteration"], *(r["judge"].get(c) for c in counters), r["judge"].get("first_error", "")]
+                    for r in judged], "judge counters in each iteration (online_summary.json), with the first error's text")
+
+
+def _rl_section(page: Page, run_dir: Path, plots: Path) -> None:
+    """The report's section for an RL run: its summary, curves and per-iteration table."""
+    summary = json.loads((run_dir / "rl_summary.json").read_text())
+    page.heading(f"RL: {summary.get('method')} on {summary.get('task')}")
+    if summary.get("kind") == "lot-sizing":
+        page.mapping({"episodes": summary["episodes"], "DP optimum": summary["optimum"], **summary.get("final", {}),
+                      "seconds": summary.get("wall_seconds")}, "run")
+    else:
+        page.mapping({"algorithm": summary.get("algorithm"), "iterations": len(summary["iterations"]) - 1,
+                      "seconds": summary.get("wall_seconds")}, "run")
+    from preftune.report.rl_plots import plot_rl
+
+    page.image(plot_rl(read_metrics(run_dir), plots / f"{run_dir.name}_rl.png"),
+               "reward, accuracy, KL, per-aspect rewards and value loss per iteration (0: the starting policy)")
+    rows = summary.get("iterations", [])
+    columns = [k for k in dict.fromkeys(k for r in rows for k in r)
+               if k.startswith("eval/") and all(isinstance(r.get(k, 0.0), (int, float)) for r in rows)]
+    if rows and columns:
+        page.table(["iteration", *(c[5:] for c in columns)], [[r["iteration"], *(r.get(c) for c in columns)]
+                                                               for r in rows], "held-out evaluation per iteration")
 
 
 def _sweep_section(page: Page, sweep_json: Path, plots: Path) -> None:
@@ -267,7 +292,10 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     page = Page(f"preftune report: {run_dir.resolve().name}")
     page.paragraph(f"Run directory `{run_dir.resolve()}`; generated {time.strftime('%Y-%m-%d %H:%M:%S')}.", muted=True)
     found = False
-    if (run_dir / "summary.json").exists():
+    if (run_dir / "rl_summary.json").exists():  # `preftune rl` (its metrics.jsonl is not a training run's)
+        _rl_section(page, run_dir, plots)
+        found = True
+    elif (run_dir / "summary.json").exists():
         _pipeline_section(page, run_dir, plots)
         found = True
     elif (run_dir / "diffusion_summary.json").exists():  # preftune diffusion train (report/diffusion.py)
@@ -295,7 +323,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         _claims_section(page, run_dir, plots)
         found = True
     if not found:
-        raise FileNotFoundError(f"{run_dir} holds no preftune run (no train_summary.json, metrics.jsonl, summary.json, "
+        raise FileNotFoundError(f"{run_dir} holds no preftune run (no train_summary.json, metrics.jsonl, rl_summary.json, summary.json, "
                                 f"online_summary.json, results.json, sweep.json, probe.json or claims.json)")
     path = Path(out) if out else run_dir / "report.html"
     path.write_text(page.render())

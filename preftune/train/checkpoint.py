@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+import sys
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -92,19 +93,73 @@ def load_checkpoint(accelerator, path: Path) -> dict:
     return json.loads((path / STATE_FILE).read_text())
 
 
+class Interrupted(KeyboardInterrupt):
+    """A run stopped by SIGINT (Ctrl-C) or SIGTERM; the command exits with the conventional 128 + signal
+    number (130, 143)."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"{signal.Signals(signum).name}")
+        self.signum = signum
+        self.exit_code = 128 + signum
+
+
 @contextmanager
 def sigterm_as_interrupt():
-    """Treat SIGTERM (a scheduler's preemption, `kill`) like Ctrl-C while training, so the
-    loop saves the last completed step before stopping. Only the main thread can set handlers."""
+    """Treat SIGTERM (a scheduler's preemption, `kill`) like Ctrl-C: raise `Interrupted` at once, for work
+    whose state is saved in whole units anyway (online iterations, bench cells). Only the main thread can
+    set handlers."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def interrupt(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
+        raise Interrupted(signum)
 
     previous = signal.signal(signal.SIGTERM, interrupt)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+class StopRequests:
+    """SIGINT (Ctrl-C) and SIGTERM while the training loop runs: the optimizer step in progress is finished,
+    and `check`, called after every step, raises `Interrupted` so that the loop saves that step and stops.
+    Stopping only between steps is what makes a resumed run exact (a stop between the micro-batches of a
+    step would save accelerate's accumulation counter mid-cycle, or weights half-way through an update), and
+    under torchrun every process stops after the same step (`check` asks them all), so they save together.
+    A second Ctrl-C stops at once, without saving the step in progress. Only the main thread can set
+    handlers; elsewhere this does nothing."""
+
+    def __init__(self, announce: bool = True):
+        self.announce = announce
+        self.signum = 0
+        self.previous: dict = {}
+
+    def __enter__(self) -> StopRequests:
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {s: signal.signal(s, self.request) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+    def request(self, signum, frame) -> None:
+        if self.signum == signal.SIGINT and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # Ctrl-C twice: stop now
+        if not self.signum and self.announce:
+            print(f"\n{signal.Signals(signum).name}: stopping after the step in progress, which is saved"
+                  + (" (Ctrl-C again stops at once without saving it)" if signum == signal.SIGINT else ""),
+                  file=sys.stderr, flush=True)
+        self.signum = self.signum or signum
+
+    def check(self, accelerator) -> None:
+        """Between steps: raise Interrupted if this process, or any other, has been asked to stop."""
+        signum = self.signum
+        if accelerator.num_processes > 1:
+            import torch
+
+            signum = int(accelerator.gather(torch.tensor([signum], device=accelerator.device)).max())
+        if signum:
+            raise Interrupted(signum)

@@ -24,13 +24,14 @@ from preftune.fastpath import FastPathOptions, batch_logps, capabilities
 from preftune.hub import training_card, write_card
 from preftune.methods import Objective, build_objective
 from preftune.models import (LoraSettings, Reference, add_lora, load_causal_lm, load_tokenizer,
-                             make_reference)
+                             make_reference, resolve_dtype)
 from preftune.reference_cache import cache_applies, prepare_reference_cache
-from preftune.train.checkpoint import save_checkpoint, save_interrupted, sigterm_as_interrupt
+from preftune.train.checkpoint import StopRequests, save_checkpoint, save_interrupted
 from preftune.train.checkpoint import start_step as resume_at
 from preftune.train.distributed import check_process_count, configure_engine, cross_process_ops, load_models_whole
 from preftune.train.metrics import MetricsLogger, StepMetrics
 from preftune.train.plan import BatchPlan, batches_by_group
+from preftune.train.precision import dtype_name, fp32_master_weights, save_in_dtype
 from preftune.train.trackers import start_trackers, tracker_setup
 from preftune.train.schedules import lr_multiplier
 
@@ -59,7 +60,7 @@ def train(cfg: RunConfig, data: PreparedData, resume: str | bool | None = None,
     they are (a file, rows in memory, a task's on-policy pairs, a curriculum's stages) is the
     runner's job (train/runner.py: `run_training`, which takes a recipe as the CLI does).
     resume: True (latest checkpoint of the run) or a checkpoint path. on_step_end(step, metrics):
-    called after every step (a KeyboardInterrupt raised there, or by Ctrl-C, saves a checkpoint
+    called after every step (a KeyboardInterrupt raised there, Ctrl-C or SIGTERM saves a checkpoint
     before stopping).
     """
     from accelerate.utils import set_seed
@@ -98,6 +99,8 @@ def train(cfg: RunConfig, data: PreparedData, resume: str | bool | None = None,
                                objective.needs_reference, cfg.train.seed, **cfg.model.loading)
     if reference.frozen is not None:
         reference.frozen.to(accelerator.device)
+    # After the reference copy (it stays in model.dtype): the weights AdamW steps are fp32 (train/precision.py).
+    fp32_master_weights(policy)
     aux_models = load_aux_models(cfg, objective, accelerator.device)
     # Before the reference cache: diagnostics keep their own handle on a frozen reference model.
     monitor = None
@@ -155,14 +158,16 @@ def train(cfg: RunConfig, data: PreparedData, resume: str | bool | None = None,
                        tokens_per_s=tokens * accelerator.num_processes / (time.perf_counter() - started))
         return metrics
 
-    completed, last = start_step, {}
+    completed, last, in_step = start_step, {}, False
     if monitor is not None and start_step == 0:
         logger.log(0, monitor(accelerator.unwrap_model(policy), monitor_reference))
     try:
-        with sigterm_as_interrupt():  # a preempted job saves its last completed step too
+        # Ctrl-C and SIGTERM (a preempted job) stop the loop between steps, and the last step is saved.
+        with StopRequests(announce=main) as stop:
             for step in range(start_step, plan.total_steps):
+                in_step = True
                 last = one_step(step)
-                completed = step + 1
+                completed, in_step = step + 1, False
                 if completed % cfg.train.log_every == 0 or completed == plan.total_steps:
                     logger.log(completed, last)
                 bar.update(1)
@@ -176,10 +181,16 @@ def train(cfg: RunConfig, data: PreparedData, resume: str | bool | None = None,
                     logger.log(completed, monitor(accelerator.unwrap_model(policy), monitor_reference))
                 if on_step_end is not None:
                     on_step_end(completed, last)
+                stop.check(accelerator)
     except KeyboardInterrupt:
-        # Nothing is lost: the last completed step is saved, and `--resume` continues from it.
+        # Nothing is lost: the last completed step is saved, and `--resume` continues from it exactly. A
+        # second Ctrl-C within a step stops at once; that step may be half-applied, so it is not saved.
         optimizer.zero_grad()
-        save_interrupted(accelerator, run_dir, completed, start_step, last, cfg.train.keep_checkpoints)
+        if in_step:
+            if main:
+                print(f"\nstopped within step {completed + 1}: not saved; --resume continues from the last checkpoint")
+        else:
+            save_interrupted(accelerator, run_dir, completed, start_step, last, cfg.train.keep_checkpoints)
         bar.close()
         logger.close()
         release_accelerator()
@@ -192,14 +203,19 @@ def train(cfg: RunConfig, data: PreparedData, resume: str | bool | None = None,
     if final_eval:
         logger.log(plan.total_steps, final_eval)
     logger.close()
+    saved_dtype = None
     if cfg.train.save_model:
-        save_model(accelerator, policy, tokenizer, run_dir / "model")
+        saved_dtype = save_model(accelerator, policy, tokenizer, run_dir / "model", resolve_dtype(cfg.model.dtype))
     if main:
+        precision = {"model_dtype": dtype_name(resolve_dtype(cfg.model.dtype)),
+                     "master_weights": dtype_name(trainable[0].dtype), "autocast": cfg.train.precision,
+                     "saved_dtype": saved_dtype}
         summary = {"objective": objective.describe(), "steps": plan.total_steps, "epochs": plan.epoch_of(plan.total_steps),
                    "global_batch": plan.global_batch, "processes": accelerator.num_processes,
                    "reference": reference.kind, "reference_cache": reference_cache,
-                   "fast_paths": vars(capabilities(policy)), "final_train_metrics": last, "eval": final_eval,
-                   "data": data.summary(), "model_dir": str(run_dir / "model") if cfg.train.save_model else None,
+                   "precision": precision, "fast_paths": vars(capabilities(policy)), "final_train_metrics": last,
+                   "eval": final_eval, "data": data.summary(),
+                   "model_dir": str(run_dir / "model") if cfg.train.save_model else None,
                    **({"diagnostics": {"every": cfg.diagnostics.every, "examples": len(monitor.examples),
                                        "examples_from": monitor.source}} if monitor is not None else {})}
         (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=1))
@@ -309,11 +325,14 @@ def evaluate_objective(objective, policy, reference, data, tokenizer, accelerato
     return {f"eval/{k}": v for k, v in stats.reduce(accelerator).items() if not math.isnan(v)}
 
 
-def save_model(accelerator, policy, tokenizer, path: Path) -> None:
-    """save_pretrained of the unwrapped policy (a LoRA policy saves its adapter) and the tokenizer."""
+def save_model(accelerator, policy, tokenizer, path: Path, dtype: torch.dtype) -> str:
+    """save_pretrained of the unwrapped policy in model.dtype (a LoRA policy saves its adapter) and the
+    tokenizer; returns the dtype of the saved weights."""
     accelerator.wait_for_everyone()
     state = accelerator.get_state_dict(policy)
+    saved = dtype_name(dtype)
     if accelerator.is_main_process:
-        accelerator.unwrap_model(policy).save_pretrained(str(path), state_dict=state, save_function=accelerator.save)
+        saved = save_in_dtype(accelerator.unwrap_model(policy), path, dtype, state, save_function=accelerator.save)
         tokenizer.save_pretrained(str(path))
     accelerator.wait_for_everyone()
+    return saved

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -75,12 +76,33 @@ class MetricsLogger:
 
 def read_metrics(run_dir: Path) -> list[dict]:
     path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    return [row for row, _ in parse_metrics(path)[0]] if path.exists() else []
+
+
+def parse_metrics(path: Path) -> tuple[list[tuple[dict, str]], str | None]:
+    """(row, line) for every logged line of a metrics.jsonl, and its torn last line if it has one (a process
+    killed while writing it); a bad line anywhere else is an error naming it."""
+    lines = path.read_text().splitlines()
+    last = max((n for n, line in enumerate(lines, 1) if line.strip()), default=0)
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append((json.loads(line), line))
+        except json.JSONDecodeError as error:
+            if number == last:
+                return rows, line
+            raise ValueError(f"{path}:{number}: not a JSON object ({error.msg}); the file is damaged") from None
+    return rows, None
 
 
 def truncate_metrics(run_dir: Path, after_step: int) -> None:
-    """Drop lines logged after `after_step` (a resumed run re-logs the steps it redoes)."""
+    """Drop lines logged after `after_step` (a resumed run re-logs the steps it redoes), and a torn last line."""
     path = Path(run_dir) / "metrics.jsonl"
     if path.exists():
-        kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= after_step]
-        path.write_text("".join(line + "\n" for line in kept))
+        rows, torn = parse_metrics(path)
+        if torn is not None:
+            print(f"{path}: dropped its torn last line (the run stopped while writing it): {torn[:60]!r}",
+                  file=sys.stderr)
+        path.write_text("".join(line + "\n" for row, line in rows if row["step"] <= after_step))

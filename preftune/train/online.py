@@ -23,7 +23,8 @@ per-iteration curve; RUN_DIR/checkpoints/iter-NNN the state after iteration NNN,
 The stages are functions of the run's state (online_state.py, with its checkpoints), one module each:
 online_collect.py makes the data (with online_replay.py for rows of past iterations),
 online_update.py updates on it, online_eval.py evaluates; online_schedule.py resolves the method's
-schedule, online_hooks.py holds the snapshots and adapters, online_cofs.py COFS-DPO's combination.
+schedule, online_hooks.py holds the snapshots and adapters, online_cofs.py COFS-DPO's combination,
+online_judge.py counts the judge's rounds and stops a run whose judge fails.
 
 A method declares what it needs as extras: data extras from the pair builder (win_rate,
 soft_label) and policy extras, the log-probs of the rows under a named snapshot: `previous`
@@ -36,7 +37,9 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable
@@ -46,7 +49,7 @@ import yaml
 
 from preftune.config import DataConfig, RunConfig, TaskDataConfig, TrainConfig, to_dict
 from preftune.config import LoraConfig as LoraSection
-from preftune.judges import build_judge
+from preftune.judges import JudgeError, build_judge
 from preftune.methods import build_objective
 from preftune.tasks import get_task
 from preftune.train.distributed import check_process_count, cross_process_ops, gathered, summed
@@ -54,12 +57,15 @@ from preftune.train.online_cofs import cofs_combine
 from preftune.train.online_collect import collect
 from preftune.train.online_config import OnlineConfig
 from preftune.train.online_eval import evaluate
+from preftune.train.checkpoint import sigterm_as_interrupt
 from preftune.train.online_hooks import Anchor, FastSlowAdapters, PolicySnapshots, trainable_parameters
+from preftune.train.online_judge import check_judge, counters_line, iteration_counts
 from preftune.train.online_replay import iteration_dir
 from preftune.train.online_schedule import (DATA_EXTRAS, GENERIC_DEFAULTS, METHOD_DEFAULTS, POLICY_EXTRAS, Schedule,
                                             history_players, resolve_schedule)
 from preftune.train.online_state import OnlineLoop, latest_checkpoint
 from preftune.train.online_update import update
+from preftune.train.precision import fp32_master_weights, save_in_dtype
 
 __all__ = ["DATA_EXTRAS", "GENERIC_DEFAULTS", "METHOD_DEFAULTS", "POLICY_EXTRAS", "OnlineLoop", "Schedule",
            "history_players", "iteration", "latest_checkpoint", "lora_config", "resolve_schedule", "run_online",
@@ -75,7 +81,7 @@ def run_online(cfg: OnlineConfig, resume: bool = False,
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    from preftune.models import load_causal_lm, load_tokenizer
+    from preftune.models import load_causal_lm, load_tokenizer, resolve_dtype
     from preftune.train.loop import release_accelerator
 
     # The warm start trains with the offline loop, which sets up (and releases) its own accelerator.
@@ -115,6 +121,7 @@ def run_online(cfg: OnlineConfig, resume: bool = False,
 
         model = get_peft_model(model, lora_config(cfg.model.lora))
     model.to(accelerator.device)
+    fp32_master_weights(model)  # a 16-bit model trains on fp32 copies of its trainable weights (train/precision.py)
     snapshots = PolicySnapshots(trainable_parameters(model))
     snapshots.save("initial")
     parameters = fast_slow.parameter_groups(cfg.train.lr) if fast_slow else \
@@ -138,28 +145,32 @@ def run_online(cfg: OnlineConfig, resume: bool = False,
     else:
         for stale in ("iterations", "checkpoints") if main else ():
             shutil.rmtree(run_dir / stale, ignore_errors=True)
-        summary["iterations"].append({"iteration": 0, **evaluate(loop, 0)})
+        with saved_when_stopped(run_dir, summary, started, main):
+            summary["iterations"].append({"iteration": 0, **evaluate(loop, 0), "judge": iteration_counts(loop)})
+            check_judge(loop, "the initial evaluation")
     if main:
         shutil.rmtree(iteration_dir(run_dir, start), ignore_errors=True)
     accelerator.wait_for_everyone()
 
-    for t in range(start, cfg.iterations):
-        iteration_started = time.perf_counter()
-        stats = iteration(loop, t)
-        row = {"iteration": t + 1, **evaluate(loop, t + 1), **stats,
-               "seconds": round(time.perf_counter() - iteration_started, 2)}
-        summary["iterations"].append(row)
-        if main:
-            write_summary(run_dir, summary, started)
-            loop.save_state(t + 1, summary)
-            print(f"iteration {t + 1}/{cfg.iterations}: " + ", ".join(
-                f"{k} {row[k]:.4f}" for k in ("duality_gap", "win_rate_vs_initial", "sampled_win_rate_vs_initial")
-                if k in row) + f" ({row['seconds']:.0f} s)")
-        accelerator.wait_for_everyone()
+    with sigterm_as_interrupt(), saved_when_stopped(run_dir, summary, started, main):  # completed iterations are saved
+        for t in range(start, cfg.iterations):
+            iteration_started = time.perf_counter()
+            stats = iteration(loop, t)
+            row = {"iteration": t + 1, **evaluate(loop, t + 1), **stats, "judge": iteration_counts(loop),
+                   "seconds": round(time.perf_counter() - iteration_started, 2)}
+            summary["iterations"].append(row)
+            if main:
+                write_summary(run_dir, summary, started)
+                loop.save_state(t + 1, summary)
+                print(f"iteration {t + 1}/{cfg.iterations}: " + ", ".join(
+                    f"{k} {row[k]:.4f}" for k in ("duality_gap", "win_rate_vs_initial", "sampled_win_rate_vs_initial")
+                    if k in row) + f" ({row['seconds']:.0f} s); " + counters_line(row["judge"]))
+            accelerator.wait_for_everyone()
+            check_judge(loop, f"iteration {t + 1}")  # after its checkpoint: the training it did is kept
 
     judged = [summed(gathered(accelerator, j.stats.as_dict())) for j in judges[:len(set(map(id, judges)))]]
     if main:
-        model.save_pretrained(str(run_dir / "model"))
+        save_in_dtype(model, run_dir / "model", resolve_dtype(cfg.model.dtype))
         tokenizer.save_pretrained(str(run_dir / "model"))
         summary.update(judge=judged, processes=accelerator.num_processes)
         write_summary(run_dir, summary, started)
@@ -173,6 +184,7 @@ def iteration(loop: OnlineLoop, t: int) -> dict:
     cfg, schedule, snapshots = loop.cfg, loop.schedule, loop.snapshots
     domain = loop.domain_of(t)
     loop.task, loop.judge = loop.tasks[domain], loop.judges[domain]
+    loop.judge_round = {}
     directory = iteration_dir(loop.cfg.run_dir, t)
     directory.mkdir(parents=True, exist_ok=True)
     snapshots.save("previous")
@@ -210,8 +222,26 @@ def iteration(loop: OnlineLoop, t: int) -> dict:
             stats.update(cofs_combine(loop, domain))
         snapshots.save(f"domain:{domain}")
     stats["domain"] = domain
-    stats["judge"] = summed(gathered(loop.accelerator, loop.judge.stats.as_dict()))  # every process's share
     return stats
+
+
+@contextmanager
+def saved_when_stopped(run_dir: Path, summary: dict, started: float, main: bool = True):
+    """A run stopped by its judge (JudgeError: a rejected key, too many failed requests) or by Ctrl-C / SIGTERM:
+    every completed iteration has its checkpoint, so --resume continues; online_summary.json says why it stopped."""
+    try:
+        yield
+    except JudgeError as error:
+        if main:
+            summary["stopped"] = str(error)
+            write_summary(run_dir, summary, started)
+        raise
+    except KeyboardInterrupt:
+        done = len(summary["iterations"]) - 1
+        if main:
+            print(f"\ninterrupted in iteration {done + 1}: {done} iterations are saved; --resume redoes iteration "
+                  f"{done + 1} from its start", file=sys.stderr)
+        raise
 
 
 # ----------------------------------------------------------------------------------------------- helpers

@@ -14,6 +14,7 @@ from preftune.judges import preference_matrix
 from preftune.logps import sequence_logps
 from preftune.sampling import sample
 from preftune.train.distributed import gathered
+from preftune.train.online_judge import ask_judge, check_judge
 from preftune.train.online_pairs import Group, build_rows, sample_labels
 from preftune.train.online_replay import replay, write_jsonl
 from preftune.train.online_state import OnlineLoop
@@ -45,7 +46,8 @@ def collect(loop: OnlineLoop, t: int, phase: str, directory: Path, stats: dict, 
             opponents = sample(loop.model, loop.tokenizer, prompts, loop.schedule.opponent_samples, s.temperature,
                                s.top_p, s.max_new_tokens, s.batch_size, seed + 5, False, top_k=s.top_k).texts
     judged = time.perf_counter()
-    matrices = preference_matrix(loop.judge, list(zip(prompts, samples.texts)), opponents)
+    matrices = ask_judge(loop, lambda: preference_matrix(loop.judge, list(zip(prompts, samples.texts)), opponents))
+    check_judge(loop, f"iteration {t + 1}, judging the samples ({phase})")  # nothing is trained on a failed round
     groups = [Group(p, texts, m, None) if opponents is None else Group(p, texts, [], m)
               for p, texts, m in zip(prompts, samples.texts, matrices)]
     if cfg.judge.labels == "bernoulli":

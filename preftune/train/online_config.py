@@ -45,6 +45,8 @@ class JudgeConfig:
     labels: str = "probability"          # probability (the judge's P) | bernoulli (a binary winner drawn from it)
     options: dict = field(default_factory=dict)  # e.g. {path: ...} or {base_url, model, timeout, max_retries,
                                                  #       max_concurrency, instructions}; the key from the env
+    max_failure_rate: float = 0.2        # a round of judging whose failed + unparseable requests exceed this
+                                         # fraction stops the run (with the counts and the first error)
 
 
 @dataclass

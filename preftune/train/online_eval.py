@@ -7,6 +7,7 @@ import torch
 
 from preftune.sampling import sample
 from preftune.train.distributed import from_main
+from preftune.train.online_judge import ask_judge
 from preftune.train.online_state import OnlineLoop
 
 
@@ -42,7 +43,7 @@ def evaluate_here(loop: OnlineLoop, t: int) -> dict:
                                                 s.batch_size, 525252, False).texts
     items = [(p, a, b) for p, mine, theirs in zip(loop.eval_prompts, texts, loop.initial_eval["texts"])
              for a, b in zip(mine, theirs)]
-    verdicts = [v for v in loop.judge.compare_many(items) if v is not None]
+    verdicts = [v for v in ask_judge(loop, lambda: loop.judge.compare_many(items)) if v is not None]
     if verdicts:
         metrics["sampled_win_rate_vs_initial"] = sum(verdicts) / len(verdicts)
     metrics["gold_score"] = sum(loop.task.score(p, x) for p, xs in zip(loop.eval_prompts, texts) for x in xs) / \

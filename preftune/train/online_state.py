@@ -37,6 +37,7 @@ class OnlineLoop:
         random.Random(cfg.train.seed).shuffle(self.train_prompts)
         self.eval_prompts = self.task.prompts(cfg.eval.split, cfg.eval.prompts)
         self.initial_eval: dict = {}
+        self.judge_round: dict = {}  # the judge's counters in the current iteration (online_judge.py)
 
     def domain_of(self, t: int) -> int:
         """The domain of iteration t: the iterations are split into equal consecutive blocks."""
