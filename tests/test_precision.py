@@ -86,3 +86,20 @@ def test_the_bf16_recipe_moves_the_weights_as_far_as_fp32_weights_under_bf16_aut
         summary = json.loads((run_dir / "train_summary.json").read_text())
         assert summary["precision"] == {"model_dtype": dtype, "master_weights": "float32", "autocast": "bf16",
                                         "saved_dtype": dtype}
+
+
+def test_a_run_that_died_does_not_fix_the_precision_of_the_next(tmp_path):
+    """accelerate keeps one process-wide state; a run that ended in an error without releasing it
+    made the next bf16 run in the process fail ('AcceleratorState has already been initialized')."""
+    from types import SimpleNamespace
+
+    from accelerate import Accelerator
+
+    from preftune.train.loop import make_accelerator, release_accelerator
+
+    Accelerator(mixed_precision="no", cpu=True)  # what a dead fp32 run leaves behind
+    cfg = SimpleNamespace(train=SimpleNamespace(precision="bf16", grad_accum=1, report_to=[]), run_dir=tmp_path)
+    try:
+        assert make_accelerator(cfg).mixed_precision == "bf16"
+    finally:
+        release_accelerator()

@@ -42,6 +42,9 @@ def make_accelerator(cfg: RunConfig):
     precisions = {"fp32": "no", "bf16": "bf16"}
     if cfg.train.precision not in precisions:
         raise ValueError(f"train.precision must be 'fp32' or 'bf16', got {cfg.train.precision!r}")
+    # A run that ended in an error (a bad row, a failing judge) leaves its settings in accelerate's
+    # process-wide state, and a later run asking for another precision would be refused: start clean.
+    release_accelerator()
     # Without a GPU, accelerate only forms a multi-process (gloo) group under torchrun when told
     # to run on the CPU explicitly.
     accelerator = Accelerator(mixed_precision=precisions[cfg.train.precision],

@@ -86,6 +86,7 @@ def run_online(cfg: OnlineConfig, resume: bool = False,
 
     # The warm start trains with the offline loop, which sets up (and releases) its own accelerator.
     model_path = warm_start(cfg) if cfg.warm_start.enabled else cfg.model.name_or_path
+    release_accelerator()  # a run that ended in an error may have left its settings behind
     accelerator = Accelerator(cpu=not torch.cuda.is_available(),
                               mixed_precision={"fp32": "no", "bf16": "bf16"}[cfg.train.precision])
     check_process_count(accelerator)
