@@ -55,7 +55,8 @@ def sample(model, tokenizer, prompts: list, n: int = 1, temperature: float = 1.0
         for row, (_, ids) in enumerate(chunk):  # left padding, as generation needs
             input_ids[row, width - len(ids):] = torch.tensor(ids)
             attention[row, width - len(ids):] = 1
-        torch.manual_seed(seed * 1_000_003 + b)
+        # callers derive seeds from seeds (MCTS: per tree and call), which can pass torch's 64-bit limit
+        torch.manual_seed((seed * 1_000_003 + b) % 2**63)
         options = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k) if temperature > 0 \
             else dict(do_sample=False)
         output = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),

@@ -268,3 +268,17 @@ def test_safety_demonstrations_comply_more_under_stronger_attack_styles():
         expected = min(1.0, 0.3 * STYLES[style][1])
         rate = sum(complies(r["completion"]) for r in harmful) / len(harmful)
         assert rate == pytest.approx(expected, abs=_tolerance(expected, len(harmful)))
+
+
+def test_sampling_takes_seeds_derived_from_seeds_past_64_bits():
+    # MCTS-DPO seeds each expansion with seed * 1_000_003 + call, and sample() scales it again: for
+    # seed 1 that passed torch's signed 64-bit seed and every mcts_dpo run but seed 0 failed.
+    from preftune.models import build_tiny_model, build_tiny_tokenizer
+    from preftune.sampling import sample
+
+    tokenizer = build_tiny_tokenizer()
+    model = build_tiny_model(tokenizer, seed=0).eval()
+    prompts = [tokenizer("2+3=")["input_ids"]]
+    big = (1 * 1_000_003 + 7) * 1_000_003 * 1_000_003
+    drawn = sample(model, tokenizer, prompts, 2, 1.0, 1.0, 4, 8, big, False)
+    assert drawn.ids == sample(model, tokenizer, prompts, 2, 1.0, 1.0, 4, 8, big, False).ids
