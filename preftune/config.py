@@ -19,6 +19,12 @@ import yaml
 from preftune.config_values import ConfigError, check_values
 
 
+class NamedRun:
+    """A recipe whose outputs go to `output_dir` with `{name}` filled in (every recipe kind has both keys)."""
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir.format(name=self.name))
 
 
 @dataclass
@@ -152,7 +158,7 @@ class SpeedConfig:
 
 
 @dataclass
-class RunConfig:
+class RunConfig(NamedRun):
     name: str = "run"
     output_dir: str = "runs/{name}"
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -165,10 +171,6 @@ class RunConfig:
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
     speed: SpeedConfig = field(default_factory=SpeedConfig)
-
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.output_dir.format(name=self.name))
 
 
 # --------------------------------------------------------------------------- typed conversion

@@ -18,6 +18,7 @@ from preftune.config import (DataConfig, RunConfig, TaskDataConfig, TrainConfig,
 from preftune.models import BUILTIN_TINY, load_causal_lm, load_tokenizer, save_tiny_model
 from preftune.tasks import get_task
 from preftune.train.builtin_models import SHORT_SEQUENCES, arithmetic_sft_recipe
+from preftune.config import NamedRun
 
 
 def _default_preference() -> RunConfig:
@@ -38,7 +39,7 @@ class EvalConfig:
 
 
 @dataclass
-class PipelineConfig:
+class PipelineConfig(NamedRun):
     name: str = "quickstart"
     output_dir: str = "runs/{name}"
     task: str = "arithmetic"
@@ -48,10 +49,6 @@ class PipelineConfig:
     sft: RunConfig = field(default_factory=arithmetic_sft_recipe)
     preference: RunConfig = field(default_factory=_default_preference)
     eval: EvalConfig = field(default_factory=EvalConfig)
-
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.output_dir.format(name=self.name))
 
 
 def load_pipeline_config(path: str | Path | None = None, overrides: list[str] | None = None) -> PipelineConfig:

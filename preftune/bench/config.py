@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from preftune.config import ConfigError, from_dict, load_config, merge_recipe, read_recipe, to_dict, with_overrides
+from preftune.config import ConfigError, from_dict, load_config, merge_recipe, NamedRun, read_recipe, to_dict, with_overrides
 
 STARTS = ("sft", "base")
 
@@ -67,7 +67,7 @@ class BenchEvalSettings:
 
 
 @dataclass
-class BenchConfig:
+class BenchConfig(NamedRun):
     name: str = "bench"
     output_dir: str = "runs/{name}"
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
@@ -83,10 +83,6 @@ class BenchConfig:
     pairs: PairSettings = field(default_factory=PairSettings)
     eval: BenchEvalSettings = field(default_factory=BenchEvalSettings)
     pretrain: PretrainSettings = field(default_factory=PretrainSettings)
-
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.output_dir.format(name=self.name))
 
     def task_settings(self, task: str) -> TaskSettings:
         return from_dict(TaskSettings, self.tasks[task] or {}, f"tasks.{task}")

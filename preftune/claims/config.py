@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from preftune.config import ConfigError, merge_recipe, read_recipe, to_dict, with_overrides
+from preftune.config import ConfigError, merge_recipe, NamedRun, read_recipe, to_dict, with_overrides
 
 
 @dataclass
@@ -73,7 +73,7 @@ class DecisionRule:
 
 
 @dataclass
-class ClaimsConfig:
+class ClaimsConfig(NamedRun):
     name: str = "claims"
     output_dir: str = "runs/{name}"
     rows: list[str] = field(default_factory=list)        # catalogue rows to run; empty: every row with an experiment
@@ -93,10 +93,6 @@ class ClaimsConfig:
     sft: dict = field(default_factory=dict)
     pairs: dict = field(default_factory=dict)
     tasks: dict = field(default_factory=dict)
-
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.output_dir.format(name=self.name))
 
     @property
     def all_seeds(self) -> list[int]:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Union
 
-from preftune.config import LoraConfig, TrainConfig, read_recipe, with_overrides
+from preftune.config import LoraConfig, NamedRun, read_recipe, TrainConfig, with_overrides
 
 
 @dataclass
@@ -95,7 +95,7 @@ class DiffusionEvalConfig:
 
 
 @dataclass
-class DiffusionConfig:
+class DiffusionConfig(NamedRun):
     name: str = "diffusion"
     output_dir: str = "runs/{name}"
     model: DiffusionModelConfig = field(default_factory=DiffusionModelConfig)
@@ -108,10 +108,6 @@ class DiffusionConfig:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-4, batch_size=32, steps=100, warmup_ratio=0.0,
                                                                      schedule="constant", weight_decay=0.0))
     eval: DiffusionEvalConfig = field(default_factory=DiffusionEvalConfig)
-
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.output_dir.format(name=self.name))
 
 
 def load_diffusion_config(path: str | Path | None = None, overrides: list[str] | None = None) -> DiffusionConfig:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Union
 
-from preftune.config import ConfigError, ModelConfig, TrainConfig, merge_recipe, read_recipe, to_dict, with_overrides
+from preftune.config import ConfigError, ModelConfig, NamedRun, TrainConfig, merge_recipe, read_recipe, to_dict, with_overrides
 from preftune.train.online_config import WarmStartConfig
 
 
@@ -116,7 +116,7 @@ class RLEvalConfig:
 
 
 @dataclass
-class RLConfig:
+class RLConfig(NamedRun):
     name: str = "rl"
     output_dir: str = "runs/{name}"
     task: str = "multistep"
@@ -136,13 +136,9 @@ class RLConfig:
     mcts: MctsConfig = field(default_factory=MctsConfig)
     eval: RLEvalConfig = field(default_factory=RLEvalConfig)
 
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.output_dir.format(name=self.name))
-
 
 @dataclass
-class LotSizingRunConfig:
+class LotSizingRunConfig(NamedRun):
     """PPO / PDPPO on the stochastic lot-sizing environment (preftune/rl/lot_sizing_train.py)."""
 
     name: str = "lot-sizing"
@@ -160,10 +156,6 @@ class LotSizingRunConfig:
     eval_every: int = 50             # exact expected return of the policy (dynamic programming), in updates
     train: TrainConfig = field(default_factory=lambda: rl_train_defaults(lr=5.5e-4, weight_decay=1e-3,
                                                                          checkpoint_every=50))
-
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.output_dir.format(name=self.name))
 
 
 def load_rl_config(path: str | Path | None = None, overrides: list[str] | None = None):

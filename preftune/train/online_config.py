@@ -14,6 +14,7 @@ from typing import Union
 from preftune.config import (ConfigError, ModelConfig, TrainConfig, merge_recipe, read_recipe, to_dict,
                              with_overrides)
 from preftune.judges import check_judge_options
+from preftune.config import NamedRun
 
 
 @dataclass
@@ -89,7 +90,7 @@ class OnlineEvalConfig:
 
 
 @dataclass
-class OnlineConfig:
+class OnlineConfig(NamedRun):
     name: str = "online"
     output_dir: str = "runs/{name}"
     task: str = "intransitive"
@@ -108,10 +109,6 @@ class OnlineConfig:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=20, batch_size=16, lr=1e-4,
                                                                     warmup_ratio=0.0, schedule="constant"))
     eval: OnlineEvalConfig = field(default_factory=OnlineEvalConfig)
-
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.output_dir.format(name=self.name))
 
 
 def load_online_config(path: str | Path | None = None, overrides: list[str] | None = None) -> OnlineConfig:
