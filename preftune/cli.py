@@ -190,6 +190,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt as stop:  # the loops have saved what can be resumed and said so
         return getattr(stop, "exit_code", 130)
+    finally:
+        _leave_process_group()
+
+
+def _leave_process_group() -> None:
+    """Destroy the distributed group (if a launcher made one) before the interpreter exits. Left to the
+    interpreter's teardown, gloo's worker threads can be destroyed while still joinable, and a process
+    that finished its work aborts with SIGABRT ("terminate called without an active exception";
+    pytorch/pytorch#190489), which fails the launch."""
+    distributed = sys.modules.get("torch.distributed")  # not imported: no group was made
+    if distributed is not None and distributed.is_available() and distributed.is_initialized():
+        distributed.destroy_process_group()
 
 
 def cmd_train(args, overrides: list[str]) -> int:

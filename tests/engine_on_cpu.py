@@ -45,4 +45,11 @@ accelerate_state.AcceleratorState.__init__ = _engine_on_cpu
 if __name__ == "__main__":
     from preftune.cli import main
 
-    sys.exit(main(sys.argv[1:]))
+    code = main(sys.argv[1:])
+    import torch.distributed as dist
+
+    # preftune's command line leaves the group itself: a gloo group left to the interpreter's teardown
+    # can abort a finished process (cli._leave_process_group)
+    if dist.is_initialized():
+        sys.exit("preftune returned with its process group still alive")
+    sys.exit(code)

@@ -15,6 +15,7 @@ model with one of those call signatures works.
 """
 from __future__ import annotations
 
+import copy
 import inspect
 import json
 from dataclasses import dataclass
@@ -46,9 +47,19 @@ def sample_argument(network: nn.Module) -> str:
     return params[0]
 
 
+def input_dtype(network: nn.Module) -> torch.dtype:
+    """The dtype the network computes in: that of its first floating weight (under LoRA, the base's)."""
+    return next((p.dtype for p in network.parameters() if p.is_floating_point()), torch.float32)
+
+
 def network_call(network: nn.Module, argument: str) -> Callable[[Tensor, Tensor, Any], Tensor]:
+    """The network as (x_t, time, cond) -> prediction. Floating inputs are cast to the network's dtype:
+    samples are drawn in fp32, text encoders may run in bf16, and a frozen bf16 reference sits beside an
+    fp32 policy (train/precision.py); under autocast torch casts per operation anyway."""
     def call(x_t: Tensor, time: Tensor, cond: dict | None) -> Tensor:
-        out = network(**{argument: x_t}, timestep=time, **(cond or {}))
+        dtype = input_dtype(network)
+        cond = {k: v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() else v for k, v in (cond or {}).items()}
+        out = network(**{argument: x_t.to(dtype)}, timestep=time, **cond)
         return out.sample if hasattr(out, "sample") else out[0]
     return call
 
@@ -171,6 +182,16 @@ def _pickle_hint(path: Path, allow_pickle: bool, load, *args, **kwargs):
                          f"model.allow_pickle: true to load them (else convert them to safetensors)") from None
 
 
+def dtype_argument(dtype: torch.dtype) -> dict:
+    """from_pretrained's dtype keyword: `dtype` where diffusers has renamed `torch_dtype` (and warns on the old
+    name), `torch_dtype` before; nothing for fp32, the default."""
+    if dtype == torch.float32:
+        return {}
+    from diffusers.utils import deprecation_utils
+
+    return {"dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype": dtype}
+
+
 def load_diffusion_model(name_or_path: str, dtype: torch.dtype = torch.float32, progress: bool = True,
                          frames: int = 0, allow_pickle: bool = False) -> DiffusionModel:
     """Load a pipeline directory, a denoiser directory or a builtin toy (see the module docstring).
@@ -188,7 +209,7 @@ def load_diffusion_model(name_or_path: str, dtype: torch.dtype = torch.float32, 
         index = json.loads((path / "model_index.json").read_text())
         absent = {k: None for k, v in index.items() if isinstance(v, list) and v and v[0] is None}  # e.g. SD3 without T5
         typed = {"use_safetensors": None if allow_pickle else True,
-                 **({} if dtype == torch.float32 else {"torch_dtype": dtype})}
+                 **dtype_argument(dtype)}
         pipeline = _pickle_hint(path, allow_pickle, diffusers.DiffusionPipeline.from_pretrained, str(path), **typed,
                                 **absent)
         component = next((c for c in NETWORK_COMPONENTS if getattr(pipeline, c, None) is not None), None)
@@ -214,7 +235,7 @@ def load_diffusion_model(name_or_path: str, dtype: torch.dtype = torch.float32, 
     cls = _network_class(config.get("_class_name", ""))
     network = _pickle_hint(path, allow_pickle, cls.from_pretrained, str(path / "denoiser"),
                            use_safetensors=None if allow_pickle else True,
-                           **({} if dtype == torch.float32 else {"torch_dtype": dtype}))
+                           **dtype_argument(dtype))
     scheduler_config = json.loads((path / "scheduler" / "scheduler_config.json").read_text())
     scheduler = getattr(diffusers, scheduler_config["_class_name"]).from_pretrained(str(path / "scheduler"))
     task = None
@@ -252,8 +273,9 @@ def _network_class(name: str):
     return getattr(diffusers, name)
 
 
-def save_network(model: DiffusionModel, network: nn.Module, out: Path) -> Path:
-    """Save a trained network where the same loader (and a diffusers pipeline) finds it.
+def save_network(model: DiffusionModel, network: nn.Module, out: Path, dtype: torch.dtype | None = None) -> Path:
+    """Save a trained network where the same loader (and a diffusers pipeline) finds it, in `dtype` (the
+    dtype it was loaded in; its fp32 master weights are rounded to it).
 
     A pipeline directory is copied with the network replaced (LoRA merged into the weights), so
     `DiffusionPipeline.from_pretrained(out)` samples from the tuned model; a denoiser directory keeps
@@ -267,8 +289,11 @@ def save_network(model: DiffusionModel, network: nn.Module, out: Path) -> Path:
     shutil.copytree(model.path, out, ignore=shutil.ignore_patterns(model.component))
     base = network
     if hasattr(base, "merge_and_unload"):
-        import copy
-
         base = copy.deepcopy(base).merge_and_unload()
+    if dtype is not None and any(p.dtype != dtype for p in base.parameters() if p.is_floating_point()):
+        base = copy.deepcopy(base) if base is network else base
+        for tensor in (*base.parameters(), *base.buffers()):   # not ModelMixin.to(), which warns for every model
+            if tensor.is_floating_point():
+                tensor.data = tensor.data.to(dtype)
     base.save_pretrained(str(out / model.component))
     return out

@@ -56,7 +56,8 @@ class ToyDenoiser(ModelMixin, ConfigMixin):
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor, class_labels: torch.Tensor | None = None,
                 control: torch.Tensor | None = None, return_dict: bool = True):
         batch = sample.shape[0]
-        h = self.input(sample.flatten(1)) + self.time_in(self.embed_time(timestep, batch, sample.device))
+        time = self.embed_time(timestep, batch, sample.device).to(sample.dtype)  # a bf16 network: bf16 in
+        h = self.input(sample.flatten(1)) + self.time_in(time)
         if self.class_in is not None:
             labels = (torch.full((batch,), self.config.num_classes, device=sample.device) if class_labels is None
                       else class_labels.long())

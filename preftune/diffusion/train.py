@@ -21,11 +21,12 @@ from preftune.config import to_dict
 from preftune.diffusion.batches import INDEPENDENT_NOISE, INVERSION, NoisePlan, build_records, generator
 from preftune.diffusion.config import DiffusionConfig
 from preftune.methods import build_objective
-from preftune.train.checkpoint import save_checkpoint, save_interrupted, sigterm_as_interrupt
+from preftune.train.checkpoint import StopRequests, save_checkpoint, save_interrupted
 from preftune.train.checkpoint import start_step as resume_at
 from preftune.train.loop import clip_gradients, make_accelerator, release_accelerator
 from preftune.train.distributed import configure_engine
 from preftune.train.metrics import MetricsLogger, StepMetrics
+from preftune.train.precision import dtype_name, fp32_master_weights
 from preftune.train.schedules import lr_multiplier
 from preftune.train.trackers import start_trackers
 
@@ -148,6 +149,9 @@ def train_diffusion(cfg: DiffusionConfig, resume: str | bool | None = None, on_s
     reference = make_reference(cfg, objective, network, model, dtype)
     if reference.frozen is not None:
         reference.frozen.to(accelerator.device)
+    # After the reference copy (it stays in model.dtype): AdamW steps fp32 master weights, as on the
+    # language side (train/precision.py); a bf16 network stepped directly rounds small updates away.
+    fp32_master_weights(network)
     reward = build_reward(cfg.reward, model.task, accelerator.device)
     sampler, sampler_noise = sampler_settings(model.schedule, cfg.rollout)
     plan = noise_plan(cfg, objective, model.schedule, sampler_noise)
@@ -204,12 +208,14 @@ def train_diffusion(cfg: DiffusionConfig, resume: str | bool | None = None, on_s
             metrics.update(reward_evaluations=source.reward_evaluations, rollout_reward=source.reward_mean)
         return metrics
 
-    completed, last = start_step, {}
+    completed, last, in_step = start_step, {}, False
     try:
-        with sigterm_as_interrupt():
+        # Ctrl-C and SIGTERM (a preempted job) stop the loop between steps, and the last step is saved.
+        with StopRequests(announce=main) as stop:
             for step in range(start_step, total_steps):
+                in_step = True
                 last = one_step(step)
-                completed = step + 1
+                completed, in_step = step + 1, False
                 if completed % cfg.train.log_every == 0 or completed == total_steps:
                     logger.log(completed, last)
                 bar.update(1)
@@ -220,10 +226,16 @@ def train_diffusion(cfg: DiffusionConfig, resume: str | bool | None = None, on_s
                     logger.log(completed, evaluator(accelerator.unwrap_model(network), completed, run_dir))
                 if on_step_end is not None:
                     on_step_end(completed, last)
+                stop.check(accelerator)
     except KeyboardInterrupt:
-        # Nothing is lost: the last completed step is saved, and `--resume` continues from it.
+        # Nothing is lost: the last completed step is saved, and `--resume` continues from it exactly. A
+        # second Ctrl-C within a step stops at once; that step may be half-applied, so it is not saved.
         optimizer.zero_grad()
-        save_interrupted(accelerator, run_dir, completed, start_step, last, cfg.train.keep_checkpoints)
+        if in_step:
+            if main:
+                print(f"\nstopped within step {completed + 1}: not saved; --resume continues from the last checkpoint")
+        else:
+            save_interrupted(accelerator, run_dir, completed, start_step, last, cfg.train.keep_checkpoints)
         bar.close()
         logger.close()
         release_accelerator()
@@ -236,8 +248,11 @@ def train_diffusion(cfg: DiffusionConfig, resume: str | bool | None = None, on_s
     logger.close()
     accelerator.wait_for_everyone()
     if main:
-        save_network(model, accelerator.unwrap_model(network), run_dir / "model")
+        save_network(model, accelerator.unwrap_model(network), run_dir / "model", dtype)
+        precision = {"model_dtype": dtype_name(dtype), "master_weights": dtype_name(trainable[0].dtype),
+                     "autocast": cfg.train.precision, "saved_dtype": dtype_name(dtype)}
         summary = {"objective": objective.describe(), "kind": kind, "steps": total_steps, "model": cfg.model.name_or_path,
+                   "precision": precision,
                    "reference": reference.kind, "reward": getattr(reward, "name", str(cfg.reward)),
                    "processes": accelerator.num_processes, "data": data_report, "final_train_metrics": last,
                    "eval": final, "initial_eval": evaluator.initial if evaluator is not None else {},
