@@ -183,22 +183,22 @@ def main(argv: list[str] | None = None) -> int:
     from preftune.judges import JudgeError
 
     try:
-        return handler(args, _overrides(parser, extras) if args.command in takes_overrides else [])
+        code = handler(args, _overrides(parser, extras) if args.command in takes_overrides else [])
     except (ConfigError, DataError, JudgeError, KeyError, ValueError, FileNotFoundError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"preftune {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as stop:  # the loops have saved what can be resumed and said so
         return getattr(stop, "exit_code", 130)
-    finally:
-        _leave_process_group()
+    _leave_process_group()
+    return code
 
 
 def _leave_process_group() -> None:
-    """Destroy the distributed group (if a launcher made one) before the interpreter exits. Left to the
-    interpreter's teardown, gloo's worker threads can be destroyed while still joinable, and a process
-    that finished its work aborts with SIGABRT ("terminate called without an active exception";
-    pytorch/pytorch#190489), which fails the launch."""
+    """Destroy the distributed group (if a launcher made one) once the command has ended normally. Left
+    to the interpreter's teardown, gloo's worker threads can be destroyed while still joinable, and a process that finished its work aborts with SIGABRT ("terminate called without
+    an active exception"; pytorch/pytorch#65513, #190489), which fails the launch. Not after an error:
+    another process may still be inside a collective, and destroying the group could then hang."""
     distributed = sys.modules.get("torch.distributed")  # not imported: no group was made
     if distributed is not None and distributed.is_available() and distributed.is_initialized():
         distributed.destroy_process_group()
