@@ -10,10 +10,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def save_figure(fig, path: Path) -> Path:
-    """Write a figure as PNG (creating the folder) and free it."""
+    """Write a figure as PNG (creating the folder) and free it. The saved area grows to take in long tick
+    labels and titles, which tight_layout alone leaves cut off when they are wider than the figure."""
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 

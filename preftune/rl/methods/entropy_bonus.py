@@ -13,7 +13,7 @@ from preftune.rl.methods.common import token_mean
     extras=("entropy",), status="stable",
     paper="Mnih et al. 2016, Asynchronous Methods for Deep Reinforcement Learning, arXiv 1602.01783; Schulman et al. "
           "2017, arXiv 1707.06347 (the c2 entropy term)",
-    taxonomy=taxonomy([], ["policy-gradient"], ["entropy-bonus"], []),
+    taxonomy=taxonomy(["online", "on-policy-rollouts"], ["policy-gradient"], ["entropy-bonus"], []),
     no_check_reason="a sign-flipped average of the entropies it is given: its value and gradient tests pin it; "
                     "there is no optimum to compare with a closed form",
 )
