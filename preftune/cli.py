@@ -196,9 +196,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _leave_process_group() -> None:
     """Destroy the distributed group (if a launcher made one) once the command has ended normally. Left
-    to the interpreter's teardown, gloo's worker threads can be destroyed while still joinable, and a process that finished its work aborts with SIGABRT ("terminate called without
-    an active exception"; pytorch/pytorch#65513, #190489), which fails the launch. Not after an error:
-    another process may still be inside a collective, and destroying the group could then hang."""
+    to the interpreter's teardown, gloo's worker threads can be destroyed while still joinable, and a
+    process that finished its work aborts with SIGABRT ("terminate called without an active exception";
+    pytorch/pytorch#65513, #190489), which fails the launch. Not after an error: another process may
+    still be inside a collective, and destroying the group could then hang."""
     distributed = sys.modules.get("torch.distributed")  # not imported: no group was made
     if distributed is not None and distributed.is_available() and distributed.is_initialized():
         distributed.destroy_process_group()

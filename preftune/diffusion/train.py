@@ -231,11 +231,7 @@ def train_diffusion(cfg: DiffusionConfig, resume: str | bool | None = None, on_s
         # Nothing is lost: the last completed step is saved, and `--resume` continues from it exactly. A
         # second Ctrl-C within a step stops at once; that step may be half-applied, so it is not saved.
         optimizer.zero_grad()
-        if in_step:
-            if main:
-                print(f"\nstopped within step {completed + 1}: not saved; --resume continues from the last checkpoint")
-        else:
-            save_interrupted(accelerator, run_dir, completed, start_step, last, cfg.train.keep_checkpoints)
+        save_interrupted(accelerator, run_dir, completed, start_step, last, cfg.train.keep_checkpoints, in_step)
         bar.close()
         logger.close()
         release_accelerator()

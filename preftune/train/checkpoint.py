@@ -39,8 +39,14 @@ def save_checkpoint(accelerator, run_dir: Path, step: int, state: dict, keep: in
     return final
 
 
-def save_interrupted(accelerator, run_dir: Path, completed: int, start_step: int, metrics: dict, keep: int) -> None:
-    """Nothing is lost on Ctrl-C or SIGTERM: the last completed step is saved, and --resume continues it."""
+def save_interrupted(accelerator, run_dir: Path, completed: int, start_step: int, metrics: dict, keep: int,
+                     in_step: bool = False) -> None:
+    """Nothing is lost on Ctrl-C or SIGTERM: the last completed step is saved, and --resume continues it.
+    A stop within a step (a second Ctrl-C) may leave that step half-applied, so nothing is saved then."""
+    if in_step:
+        if accelerator.is_main_process:
+            print(f"\nstopped within step {completed + 1}: not saved; --resume continues from the last checkpoint")
+        return
     if completed > start_step:
         path = save_checkpoint(accelerator, run_dir, completed, {"metrics": metrics, "interrupted": True}, max(keep, 1))
         if accelerator.is_main_process:
